@@ -1,0 +1,48 @@
+# Every target creates .venv first, so `make demo` and `make test` work on a fresh machine.
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DEV_STAMP := $(VENV)/.installed-dev
+
+# The first Python >= 3.12: python3.13/python3.12 on PATH (if they actually run: pyenv shims
+# may refuse), else a pyenv-installed one.
+FIND_PYTHON := for p in python3.13 python3.12; do \
+	  if command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; assert sys.version_info >= (3, 12)' >/dev/null 2>&1; then command -v $$p; exit 0; fi; done; \
+	root=$$(pyenv root 2>/dev/null || echo $$HOME/.pyenv); \
+	for p in $$(ls -d $$root/versions/3.1[2-9]*/bin/python3 2>/dev/null | sort -rV); do \
+	  if $$p -c 'import sys; assert sys.version_info >= (3, 12)' >/dev/null 2>&1; then echo $$p; exit 0; fi; done; \
+	exit 1
+
+.PHONY: install install-dev demo test test-all lint clean
+
+$(PY):
+	@py=$$($(FIND_PYTHON)) || { echo "error: llmserve needs Python >= 3.12; none found on PATH (python3.12, python3.13) or under pyenv. Install one, e.g. 'pyenv install 3.12'." >&2; exit 1; }; \
+	echo "creating $(VENV) with $$py"; $$py -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+$(STAMP): setup.py | $(PY)
+	$(PY) -m pip install -q -e .
+	touch $@
+
+$(DEV_STAMP): setup.py | $(PY)
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP) $@
+
+install: $(STAMP)
+
+install-dev: $(DEV_STAMP)
+
+demo: $(STAMP)
+	$(PY) scripts/generate.py --config=configs/generate.py
+
+test: $(DEV_STAMP)
+	$(PY) -m pytest -q -m "not slow" tests
+
+test-all: $(DEV_STAMP)
+	$(PY) -m pytest -q tests
+
+lint: $(DEV_STAMP)
+	$(PY) -m ruff check llmserve pallas_kernels scripts tests configs
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,25 @@
+"""llmserve: a JAX research framework for LLM inference scheduling."""
+from setuptools import find_packages, setup
+
+setup(
+    name="llmserve",
+    version="0.1.0",
+    description="Serve a real transformer in JAX and measure what scheduling wins back.",
+    python_requires=">=3.12",
+    packages=find_packages(include=["llmserve", "llmserve.*", "pallas_kernels", "pallas_kernels.*"]),
+    install_requires=[
+        "jax>=0.11,<0.13",
+        "flax",
+        "optax",
+        "numpy",
+        "orbax-checkpoint",
+        "absl-py",
+        "ml-collections",
+        "safetensors",
+        "tokenizers",
+    ],
+    extras_require={
+        "cuda12": ["jax[cuda12]>=0.11,<0.13"],
+        "dev": ["pytest", "hypothesis", "ruff"],
+    },
+)
