@@ -1,0 +1,96 @@
+"""EngineConfig: a frozen, validated dataclass built from an ml_collections ConfigDict or kwargs.
+
+ml_collections is imported only by the functions that read config files, so the engine runs
+on machines without it (the GPU check).
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import os
+from typing import Any
+
+from llmserve.core.scheduler import POLICIES
+
+LOAD_FORMATS = ("auto", "dummy", "safetensors")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+ATTENTION_IMPLS = ("reference", "pallas", "pallas_interpret")
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineConfig:
+    model: str = "tiny"                 # preset name, or a Hugging Face checkpoint directory
+    load_format: str = "auto"           # auto: checkpoint dir -> safetensors, preset -> dummy
+    dtype: str = "auto"                 # auto: the checkpoint's (presets: their own) dtype
+    max_num_seqs: int = 64              # most requests running at once
+    max_num_batched_tokens: int = 512   # token budget per step
+    block_size: int = 16                # tokens per KV block (power of two)
+    num_kv_blocks: int = 0              # 0: enough for max_num_seqs full-length requests,
+    kv_cache_memory_bytes: int = 2**30  # ...capped by this memory budget
+    max_model_len: int = 2048           # prompt + output tokens per request
+    policy: str = "chunked"             # scheduling preset
+    attention_impl: str = "reference"   # reference (plain jnp) | pallas | pallas_interpret
+    seed: int = 0                       # dummy weights and default per-request sampling seeds
+    warmup: bool = False                # compile every bucket shape at start
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            want = {"str": str, "int": int, "bool": bool}[f.type]
+            if not isinstance(v, want) or (want is int and isinstance(v, bool)):
+                raise ValueError(f"config field {f.name!r} must be {f.type}, got {v!r} "
+                                 f"({type(v).__name__})")
+        choices = dict(load_format=LOAD_FORMATS, dtype=DTYPES, policy=POLICIES,
+                       attention_impl=ATTENTION_IMPLS)
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"config field {name!r} must be one of {allowed}, "
+                                 f"got {getattr(self, name)!r}")
+        for name in ("max_num_seqs", "max_num_batched_tokens", "max_model_len",
+                     "kv_cache_memory_bytes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"config field {name!r} must be >= 1, got {getattr(self, name)}")
+        if self.num_kv_blocks < 0:
+            raise ValueError(f"config field 'num_kv_blocks' must be >= 0 (0 = automatic), "
+                             f"got {self.num_kv_blocks}")
+
+    @classmethod
+    def from_dict(cls, d: Any) -> "EngineConfig":
+        """From a dict / ConfigDict; an unknown field is an error that names it."""
+        if hasattr(d, "to_dict"):
+            d = d.to_dict()
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown engine config field(s) {unknown}; known fields: "
+                             f"{sorted(known)}")
+        return cls(**d)
+
+    def replace(self, **kw) -> "EngineConfig":
+        known = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(kw) - known)
+        if unknown:
+            raise ValueError(f"unknown engine config field(s) {unknown}; known fields: "
+                             f"{sorted(known)}")
+        return dataclasses.replace(self, **kw)
+
+
+def load_config(path: str, overrides: dict | None = None):
+    """Load `get_config()` from a configs/*.py file as a ConfigDict (needs ml_collections)."""
+    if not os.path.isfile(path):
+        raise ValueError(f"config file {path!r} does not exist")
+    spec = importlib.util.spec_from_file_location("_llmserve_config", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    if not hasattr(mod, "get_config"):
+        raise ValueError(f"config file {path!r} has no get_config()")
+    cfg = mod.get_config()
+    for k, v in (overrides or {}).items():
+        node = cfg
+        *parents, leaf = k.split(".")
+        for p in parents:
+            node = node[p]
+        if leaf not in node:
+            raise ValueError(f"unknown config field {k!r} in {path}")
+        node[leaf] = v
+    return cfg

@@ -1,0 +1,1 @@
+"""The scheduler state machine. Pure Python: imports nothing heavier than numpy (tested)."""

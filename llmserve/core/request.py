@@ -1,0 +1,98 @@
+"""A request as the scheduler sees it: tokens, progress, blocks, status and timestamps."""
+from __future__ import annotations
+
+import enum
+
+from llmserve.sampling_params import SamplingParams
+
+
+class RequestStatus(enum.IntEnum):
+    # The order is the contract: everything after PREEMPTED is finished.
+    WAITING = 0
+    RUNNING = 1
+    PREEMPTED = 2
+    FINISHED_STOPPED = 3
+    FINISHED_LENGTH = 4
+    FINISHED_ABORTED = 5
+    FINISHED_IGNORED = 6
+
+    @property
+    def is_finished(self) -> bool:
+        return self > RequestStatus.PREEMPTED
+
+
+class FinishReason(str, enum.Enum):
+    STOP = "stop"
+    LENGTH = "length"
+    ABORT = "abort"
+
+
+_FINISH_REASONS = {
+    RequestStatus.FINISHED_STOPPED: FinishReason.STOP,
+    RequestStatus.FINISHED_LENGTH: FinishReason.LENGTH,
+    RequestStatus.FINISHED_ABORTED: FinishReason.ABORT,
+    RequestStatus.FINISHED_IGNORED: FinishReason.ABORT,
+}
+
+
+class Request:
+    __slots__ = (
+        "request_id", "prompt_token_ids", "sampling_params", "eos_token_ids", "token_ids",
+        "num_prompt_tokens", "output_logprobs", "num_computed_tokens", "block_ids", "status",
+        "stop_token_id", "predicted_num_output_tokens", "arrival_time", "first_scheduled_time",
+        "first_token_time", "token_times", "finish_time", "num_preemptions",
+        "num_cached_tokens", "sampling_tuple", "prompt_text")
+
+    def __init__(self, request_id: str, prompt_token_ids: list[int],
+                 sampling_params: SamplingParams, arrival_time: float,
+                 eos_token_ids: tuple[int, ...] = (), seed: int = 0, prompt_text: str | None = None):
+        self.request_id = request_id
+        self.prompt_token_ids = list(prompt_token_ids)
+        self.prompt_text = prompt_text
+        self.sampling_params = sampling_params
+        self.eos_token_ids = () if sampling_params.ignore_eos else tuple(eos_token_ids)
+        # prompt + output, one list, so a step's new tokens are a slice of it.
+        self.token_ids = list(prompt_token_ids)
+        self.num_prompt_tokens = len(prompt_token_ids)
+        self.output_logprobs: list[float] = []
+        self.num_computed_tokens = 0
+        self.block_ids: list[int] = []
+        self.status = RequestStatus.WAITING
+        self.stop_token_id: int | None = None
+        self.predicted_num_output_tokens: float | None = None
+        self.arrival_time = arrival_time
+        self.first_scheduled_time: float | None = None
+        self.first_token_time: float | None = None
+        self.token_times: list[float] = []
+        self.finish_time: float | None = None
+        self.num_preemptions = 0
+        self.num_cached_tokens = 0
+        sp = sampling_params
+        # What the runner needs to sample, fixed for the request's life.
+        self.sampling_tuple = (sp.temperature, sp.top_k, sp.top_p,
+                               sp.seed if sp.seed is not None else seed)
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def output_token_ids(self) -> list[int]:
+        return self.token_ids[self.num_prompt_tokens:]
+
+    @property
+    def num_output_tokens(self) -> int:
+        return len(self.token_ids) - self.num_prompt_tokens
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status > RequestStatus.PREEMPTED
+
+    @property
+    def finish_reason(self) -> FinishReason | None:
+        return _FINISH_REASONS.get(self.status)
+
+    def __repr__(self) -> str:
+        return (f"Request({self.request_id!r}, status={self.status.name}, "
+                f"prompt={self.num_prompt_tokens}, out={self.num_output_tokens}, "
+                f"computed={self.num_computed_tokens}, blocks={len(self.block_ids)})")

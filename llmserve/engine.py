@@ -1,0 +1,203 @@
+"""LLMEngine (add_request / abort / step) and the offline LLM.generate API."""
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from typing import Sequence
+
+from llmserve.config import EngineConfig
+from llmserve.core.request import Request
+from llmserve.core.scheduler import Scheduler, SchedulerConfig
+from llmserve.outputs import RequestOutput
+from llmserve.sampling_params import SamplingParams
+
+
+def _resolve_model(config: EngineConfig):
+    """-> (ModelConfig, params, tokenizer, checkpoint dir or None)."""
+    import jax.numpy as jnp  # noqa: F401  (keeps jax import out of module import time)
+    from llmserve.model.config import get_preset
+    from llmserve.model.params import init_params
+    from llmserve.tokenizer import load_tokenizer
+
+    path = config.model if os.path.isdir(config.model) else None
+    if path is None and config.load_format == "safetensors":
+        raise ValueError(f"model {config.model!r} is not a directory; load_format='safetensors' "
+                         "needs a checkpoint directory")
+    if path is not None:
+        from llmserve.model import loader
+        cfg = loader.load_config(path)
+    else:
+        if os.sep in config.model or config.model.startswith("."):
+            raise ValueError(f"model {config.model!r}: no such checkpoint directory")
+        cfg = get_preset(config.model)
+    if config.dtype != "auto":
+        cfg = cfg.replace(dtype=config.dtype)
+    if path is not None and config.load_format != "dummy":
+        params = loader.load_params(path, cfg)
+    else:
+        params = init_params(cfg, config.seed)
+    return cfg, params, load_tokenizer(path, cfg), path
+
+
+class LLMEngine:
+    def __init__(self, config: EngineConfig, runner=None, model=None, clock=time.perf_counter):
+        """runner/model injection lets tests and the simulator reuse the same engine loop;
+        model = (ModelConfig, params, tokenizer) skips loading."""
+        self.config = config
+        self.clock = clock
+        if model is None:
+            self.model_config, params, self.tokenizer, _ = _resolve_model(config)
+        else:
+            self.model_config, params, self.tokenizer = model
+        mc = self.model_config
+        if config.max_model_len > mc.max_position_embeddings:
+            raise ValueError(f"max_model_len ({config.max_model_len}) exceeds the model's "
+                             f"max_position_embeddings ({mc.max_position_embeddings})")
+        num_blocks = config.num_kv_blocks or self._auto_num_blocks()
+        self.scheduler = Scheduler(SchedulerConfig.for_policy(
+            config.policy, max_num_seqs=config.max_num_seqs,
+            max_num_batched_tokens=config.max_num_batched_tokens, block_size=config.block_size,
+            num_kv_blocks=num_blocks, max_model_len=config.max_model_len))
+        if runner is None:
+            from llmserve.runner.jax_runner import JaxRunner
+            runner = JaxRunner(params, mc, num_kv_blocks=num_blocks, block_size=config.block_size,
+                               max_num_seqs=config.max_num_seqs,
+                               max_num_batched_tokens=config.max_num_batched_tokens,
+                               max_model_len=config.max_model_len,
+                               attention_impl=config.attention_impl)
+            if config.warmup:
+                runner.warmup()
+        self.runner = runner
+        self._counter = itertools.count()
+        self.step_times: list[float] = []
+
+    def _auto_num_blocks(self) -> int:
+        from llmserve.model.kv_cache import kv_bytes_per_block
+        c = self.config
+        full = c.max_num_seqs * -(-c.max_model_len // c.block_size)
+        per_block = kv_bytes_per_block(self.model_config, c.block_size)
+        return max(1, min(full, c.kv_cache_memory_bytes // per_block))
+
+    # ---- requests ----------------------------------------------------------------------------
+    def _validate(self, prompt, sp: SamplingParams) -> tuple[list[int], str | None]:
+        if not isinstance(sp, SamplingParams):
+            raise ValueError(f"sampling_params must be a SamplingParams, got {type(sp).__name__}")
+        if isinstance(prompt, str):
+            text = prompt
+            ids = self.tokenizer.encode(prompt) if prompt else []
+        elif isinstance(prompt, (list, tuple)):
+            text = None
+            ids = list(prompt)
+            for i, t in enumerate(ids):
+                if isinstance(t, bool) or not isinstance(t, int):
+                    raise ValueError(f"prompt token {i} must be an int, got {t!r}")
+        else:
+            raise ValueError(f"prompt must be a string or a list of token ids, got "
+                             f"{type(prompt).__name__}")
+        if not ids:
+            raise ValueError("prompt is empty: at least one token is required")
+        vocab = self.model_config.vocab_size
+        for i, t in enumerate(ids):
+            if not 0 <= t < vocab:
+                raise ValueError(f"prompt token {i} is {t}, outside the vocabulary [0, {vocab})")
+        limit = self.config.max_model_len
+        if len(ids) + sp.max_tokens > limit:
+            raise ValueError(f"prompt ({len(ids)} tokens) + max_tokens ({sp.max_tokens}) = "
+                             f"{len(ids) + sp.max_tokens} exceeds max_model_len ({limit})")
+        return ids, text
+
+    def add_request(self, prompt, sampling_params: SamplingParams | None = None,
+                    request_id: str | None = None, arrival_time: float | None = None) -> str:
+        """Queue a request. Bad input raises ValueError and changes nothing."""
+        sp = sampling_params if sampling_params is not None else SamplingParams()
+        ids, text = self._validate(prompt, sp)
+        n = next(self._counter)
+        rid = request_id if request_id is not None else str(n)
+        if rid in self.scheduler.requests:
+            raise ValueError(f"request_id {rid!r} is already in use")
+        # Default seed: engine seed and request index, so reruns reproduce.
+        seed = (self.config.seed * 1_000_003 + n) % 2**32
+        req = Request(rid, ids, sp, self.clock() if arrival_time is None else arrival_time,
+                      self.model_config.eos_token_ids, seed=seed, prompt_text=text)
+        self.scheduler.add_request(req)
+        return rid
+
+    def abort(self, request_id: str) -> RequestOutput | None:
+        req = self.scheduler.abort(request_id, self.clock())
+        return None if req is None else self._output(req)
+
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_unfinished()
+
+    def step(self) -> list[RequestOutput]:
+        """One scheduler decision, executed, applied. Returns outputs of requests that advanced."""
+        t0 = self.clock()
+        sched_out = self.scheduler.schedule(t0)
+        if sched_out.is_empty:
+            return []
+        runner_out = self.runner.execute(sched_out)
+        now = self.clock()
+        self.step_times.append(now - t0)
+        changed = self.scheduler.update_from_output(sched_out, runner_out, now)
+        return [self._output(r) for r in changed]
+
+    def _output(self, req: Request) -> RequestOutput:
+        text = None
+        if req.is_finished and self.tokenizer is not None:
+            text = self.tokenizer.decode(req.output_token_ids)
+        return RequestOutput.from_request(req, text)
+
+
+_LLM_KWARGS = ("dtype", "max_num_seqs", "max_num_batched_tokens", "block_size", "num_kv_blocks",
+               "max_model_len", "policy", "attention_impl", "seed", "load_format",
+               "kv_cache_memory_bytes", "warmup")
+
+
+class LLM:
+    """Offline batch generation, as in vLLM: LLM("tiny").generate(prompts, params)."""
+
+    def __init__(self, model: str | None = None, *, config=None, **kwargs):
+        unknown = sorted(set(kwargs) - set(_LLM_KWARGS))
+        if unknown:
+            raise ValueError(f"unknown LLM argument(s) {unknown}; expected some of {_LLM_KWARGS}")
+        base = config if isinstance(config, EngineConfig) else (
+            EngineConfig.from_dict(config) if config is not None else EngineConfig())
+        overrides = {k: v for k, v in kwargs.items() if v is not None}
+        if model is not None:
+            overrides["model"] = model
+        self.engine = LLMEngine(base.replace(**overrides))
+
+    @property
+    def tokenizer(self):
+        return self.engine.tokenizer
+
+    def generate(self, prompts: str | Sequence, sampling_params=None) -> list[RequestOutput]:
+        """Generate for every prompt (string or token-id list); outputs in input order.
+
+        Every prompt is validated before any is queued, so a bad one raises ValueError and
+        leaves the engine as it was.
+        """
+        if isinstance(prompts, str) or (isinstance(prompts, (list, tuple)) and prompts
+                                        and isinstance(prompts[0], int)):
+            prompts = [prompts]
+        prompts = list(prompts)
+        if isinstance(sampling_params, (list, tuple)):
+            if len(sampling_params) != len(prompts):
+                raise ValueError(f"got {len(sampling_params)} sampling_params for "
+                                 f"{len(prompts)} prompts")
+            sps = list(sampling_params)
+        else:
+            sps = [sampling_params or SamplingParams()] * len(prompts)
+        for i, (p, sp) in enumerate(zip(prompts, sps)):
+            try:
+                self.engine._validate(p, sp)
+            except ValueError as e:
+                raise ValueError(f"prompt {i}: {e}") from None
+        ids = [self.engine.add_request(p, sp) for p, sp in zip(prompts, sps)]
+        done: dict[str, RequestOutput] = {}
+        while self.engine.has_unfinished():
+            for out in self.engine.step():
+                if out.finished:
+                    done[out.request_id] = out
+        return [done[i] for i in ids]

@@ -1,0 +1,45 @@
+"""Padding buckets: every batch is padded to one of a known, bounded set of shapes.
+
+A shape is (num_tokens, num_seqs, max_blocks_per_seq). num_seqs is tied to num_tokens
+(min(tokens, max_num_seqs)) since a batch never has more sequences than tokens, so the set is
+|token buckets| x |block-table buckets|, all of it compiled by a warm-up.
+"""
+from __future__ import annotations
+
+import bisect
+
+
+def powers_of_two(lo: int, hi: int) -> list[int]:
+    out, v = [], lo
+    while v < hi:
+        out.append(v)
+        v *= 2
+    out.append(hi)
+    return out
+
+
+class Buckets:
+    def __init__(self, max_num_batched_tokens: int, max_num_seqs: int, max_blocks_per_seq: int,
+                 min_tokens: int = 16, min_blocks: int = 8):
+        self.token_buckets = powers_of_two(min(min_tokens, max_num_batched_tokens),
+                                           max_num_batched_tokens)
+        self.block_buckets = powers_of_two(min(min_blocks, max_blocks_per_seq), max_blocks_per_seq)
+        self.max_num_seqs = max_num_seqs
+
+    def seqs_for(self, tokens: int) -> int:
+        return min(tokens, self.max_num_seqs)
+
+    def pick(self, num_tokens: int, num_seqs: int, max_blocks: int) -> tuple[int, int, int]:
+        i = bisect.bisect_left(self.token_buckets, max(num_tokens, num_seqs))
+        if i == len(self.token_buckets):
+            raise ValueError(f"batch of {num_tokens} tokens exceeds the largest bucket "
+                             f"{self.token_buckets[-1]}")
+        t = self.token_buckets[i]
+        j = bisect.bisect_left(self.block_buckets, max_blocks)
+        if j == len(self.block_buckets):
+            raise ValueError(f"{max_blocks} blocks per sequence exceeds the largest bucket "
+                             f"{self.block_buckets[-1]}")
+        return t, self.seqs_for(t), self.block_buckets[j]
+
+    def all_shapes(self) -> list[tuple[int, int, int]]:
+        return [(t, self.seqs_for(t), b) for t in self.token_buckets for b in self.block_buckets]

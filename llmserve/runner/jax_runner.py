@@ -1,0 +1,150 @@
+"""Runs a SchedulerOutput through the JAX model: the only place lists become arrays."""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from llmserve.core.sched_output import RunnerOutput, SchedulerOutput
+from llmserve.model.attention import AttentionMetadata
+from llmserve.model.config import ModelConfig
+from llmserve.model.kv_cache import init_kv_cache
+from llmserve.model.sampling import sample
+from llmserve.model.transformer import forward
+from llmserve.runner.buckets import Buckets
+
+
+@dataclasses.dataclass
+class RunnerStats:
+    num_steps: int = 0
+    device_s: float = 0.0       # dispatch of the jitted step until its tokens are on the host
+    prepare_s: float = 0.0      # building the padded host batch
+    padded_tokens: int = 0      # bucket padding (not scheduling padding)
+    real_tokens: int = 0
+    compiled_shapes: set = dataclasses.field(default_factory=set)
+
+    @property
+    def num_compiles(self) -> int:
+        return len(self.compiled_shapes)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "attention_impl"), donate_argnums=(1,))
+def _step(params, kv_cache, batch, cfg: ModelConfig, attention_impl: str):
+    md = AttentionMetadata(batch["slot_mapping"], batch["query_start_loc"], batch["seq_lens"],
+                           batch["block_tables"], batch["num_seqs"])
+    logits, kv_cache = forward(params, cfg, batch["token_ids"], batch["positions"], kv_cache, md,
+                               batch["logits_indices"], attention_impl)
+    tokens, logprobs = sample(logits, batch["temperature"], batch["top_k"], batch["top_p"],
+                              batch["seeds"], batch["token_index"])
+    return tokens, logprobs, kv_cache
+
+
+class JaxRunner:
+    def __init__(self, params, cfg: ModelConfig, *, num_kv_blocks: int, block_size: int,
+                 max_num_seqs: int, max_num_batched_tokens: int, max_model_len: int,
+                 attention_impl: str = "reference", kv_dtype=None):
+        self.params = params
+        self.cfg = cfg
+        self.block_size = block_size
+        self.num_kv_blocks = num_kv_blocks
+        self.attention_impl = attention_impl
+        self.max_blocks_per_seq = -(-max_model_len // block_size)
+        self.buckets = Buckets(max_num_batched_tokens, max_num_seqs, self.max_blocks_per_seq)
+        self.kv_cache = init_kv_cache(cfg, num_kv_blocks, block_size, kv_dtype)
+        self.stats = RunnerStats()
+
+    # ---- host side -------------------------------------------------------------------------
+    def prepare(self, sched_out: SchedulerOutput) -> tuple[dict, tuple]:
+        reqs = sched_out.scheduled
+        n_tok = sched_out.num_scheduled_tokens
+        max_blocks = max(len(r.block_ids) for r in reqs)
+        T, S, B = self.buckets.pick(n_tok, len(reqs), max_blocks)
+        bs = self.block_size
+        pad_slot = self.num_kv_blocks * bs
+        token_ids = np.zeros(T, np.int32)
+        positions = np.zeros(T, np.int32)
+        slots = np.full(T, pad_slot, np.int32)
+        qsl = np.full(S + 1, n_tok, np.int32)
+        seq_lens = np.zeros(S, np.int32)
+        tables = np.zeros((S, B), np.int32)
+        logits_idx = np.zeros(S, np.int32)
+        temperature = np.zeros(S, np.float32)
+        top_k = np.zeros(S, np.int32)
+        top_p = np.ones(S, np.float32)
+        seeds = np.zeros(S, np.uint32)
+        token_index = np.zeros(S, np.int32)
+        off = 0
+        for i, r in enumerate(reqs):
+            n = len(r.token_ids)
+            end = off + n
+            token_ids[off:end] = r.token_ids
+            pos = np.arange(r.start_pos, r.start_pos + n, dtype=np.int32)
+            positions[off:end] = pos
+            blocks = np.asarray(r.block_ids, np.int32)
+            slots[off:end] = blocks[pos // bs] * bs + pos % bs
+            qsl[i] = off
+            seq_lens[i] = r.start_pos + n
+            tables[i, :len(blocks)] = blocks
+            logits_idx[i] = end - 1
+            temperature[i], top_k[i], top_p[i], seeds[i] = r.sampling
+            token_index[i] = r.token_index
+            off = end
+        batch = dict(token_ids=token_ids, positions=positions, slot_mapping=slots,
+                     query_start_loc=qsl, seq_lens=seq_lens, block_tables=tables,
+                     num_seqs=np.int32(len(reqs)), logits_indices=logits_idx,
+                     temperature=temperature, top_k=top_k, top_p=top_p,
+                     seeds=seeds, token_index=token_index)
+        return batch, (T, S, B)
+
+    # ---- device side -----------------------------------------------------------------------
+    def execute(self, sched_out: SchedulerOutput) -> RunnerOutput:
+        if sched_out.is_empty:
+            return RunnerOutput({}, {}, 0.0)
+        t0 = time.perf_counter()
+        batch, shape = self.prepare(sched_out)
+        t1 = time.perf_counter()
+        tokens, logprobs, self.kv_cache = _step(self.params, self.kv_cache, batch,
+                                                 cfg=self.cfg, attention_impl=self.attention_impl)
+        tokens, logprobs = jax.device_get((tokens, logprobs))   # one transfer
+        t2 = time.perf_counter()
+        st = self.stats
+        st.num_steps += 1
+        st.prepare_s += t1 - t0
+        st.device_s += t2 - t1
+        st.real_tokens += sched_out.num_scheduled_tokens
+        st.padded_tokens += shape[0] - sched_out.num_scheduled_tokens
+        st.compiled_shapes.add(shape)
+        sampled, lps = {}, {}
+        for i, r in enumerate(sched_out.scheduled):
+            if r.sample:
+                sampled[r.req_id] = int(tokens[i])
+                lps[r.req_id] = float(logprobs[i])
+        return RunnerOutput(sampled, lps, t2 - t0)
+
+    def warmup(self, shapes=None) -> int:
+        """Compile every bucket shape (or the given ones) ahead of serving. Returns the count."""
+        shapes = shapes or self.buckets.all_shapes()
+        for T, S, B in shapes:
+            batch = dict(token_ids=np.zeros(T, np.int32), positions=np.zeros(T, np.int32),
+                         slot_mapping=np.full(T, self.num_kv_blocks * self.block_size, np.int32),
+                         query_start_loc=np.zeros(S + 1, np.int32),
+                         seq_lens=np.zeros(S, np.int32), block_tables=np.zeros((S, B), np.int32),
+                         num_seqs=np.int32(0), logits_indices=np.zeros(S, np.int32),
+                         temperature=np.zeros(S, np.float32), top_k=np.zeros(S, np.int32),
+                         top_p=np.ones(S, np.float32), seeds=np.zeros(S, np.uint32),
+                         token_index=np.zeros(S, np.int32))
+            out = _step(self.params, self.kv_cache, batch, cfg=self.cfg,
+                        attention_impl=self.attention_impl)
+            self.kv_cache = out[2]
+            jax.block_until_ready(out[0])
+            self.stats.compiled_shapes.add((T, S, B))
+        return len(shapes)
+
+    @staticmethod
+    def jit_cache_size() -> int:
+        """Executables jax compiled for the step function (all runners in the process)."""
+        return _step._cache_size()

@@ -1,0 +1,21 @@
+"""A runner whose outputs can be worked out by hand: token = f(seed, output index)."""
+from __future__ import annotations
+
+from llmserve.core.sched_output import RunnerOutput, SchedulerOutput
+
+
+def mock_token(seed: int, token_index: int, vocab_size: int) -> int:
+    return (seed * 1_000_003 + token_index * 7919 + 17) % vocab_size
+
+
+class MockRunner:
+    def __init__(self, vocab_size: int = 1000, step_time_s: float = 0.0):
+        self.vocab_size = vocab_size
+        self.step_time_s = step_time_s
+        self.steps: list[SchedulerOutput] = []
+
+    def execute(self, sched_out: SchedulerOutput) -> RunnerOutput:
+        self.steps.append(sched_out)
+        sampled = {s.req_id: mock_token(s.sampling[3], s.token_index, self.vocab_size)
+                   for s in sched_out.scheduled if s.sample}
+        return RunnerOutput(sampled, {k: 0.0 for k in sampled}, self.step_time_s)
