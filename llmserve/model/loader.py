@@ -222,6 +222,10 @@ def load_config(path: str, dtype: str | None = None) -> ModelConfig:
     act = hf.get("hidden_act", "silu")
     if act not in ("silu", "swish"):
         raise ValueError(f"{fn}: unsupported hidden_act {act!r}; only 'silu' is supported")
+    prf = hf.get("partial_rotary_factor", (hf.get("rope_parameters") or {}).get(
+        "partial_rotary_factor", 1.0))
+    if prf not in (None, 1, 1.0):
+        raise ValueError(f"{fn}: partial_rotary_factor={prf} is not supported")
     if hf.get("mlp_bias"):
         raise ValueError(f"{fn}: mlp_bias=true is not supported")
     if mt == "qwen2":
