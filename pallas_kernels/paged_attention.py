@@ -2,10 +2,316 @@
 
 k_pages, v_pages [num_kv_heads, num_pages, page_size, head_dim]; block_tables [B, max_pages]
 int32; seq_lens [B] int32 (context length including the new token, already in the pages).
+
+Four parts: the kernel (`_decode_kernel`), the pallas_call wrapper (`_decode_pallas`), the
+checked public API (`paged_decode_attention`) and the plain-jnp oracle
+(`paged_decode_attention_reference`).
+
+Design (memory-bound: ~G FLOP per KV byte). One program per (sequence, KV head, split):
+all G = Hq // Hkv query heads of a KV head share one [Gp, D] tile (Gp = G padded to a power
+of two >= 16 for the tensor-core dot), so each KV byte is read once. The KV length is walked
+in tiles of `block_kv` tokens = several pages gathered through the block table. The length
+is split flash-decoding style into `num_splits` parts (chosen from B * Hkv against the SM
+count) whose float32 partials (acc, running max, running sum) are merged in XLA with a
+log-sum-exp. Softmax runs in float32 in the exp2 domain.
 """
 from __future__ import annotations
 
+import functools
+import math
+
+import jax
 import jax.numpy as jnp
+from jax import lax
+
+from pallas_kernels import _compat
+from pallas_kernels._compat import pl
+
+SUPPORTED_HEAD_DIMS = (64, 128)
+SUPPORTED_PAGE_SIZES = (16, 32, 64)
+SUPPORTED_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
+MIN_SPLIT_TOKENS = 512      # a flash-decoding split covers at least this many tokens
+DEFAULT_NUM_SMS = 132       # H100 / H200 SXM
+LOG2E = math.log2(math.e)
+MASK_VALUE = -1e30          # finite: fully masked rows stay finite, never NaN
+
+
+def _next_pow2(x: int) -> int:
+    return 1 << max(0, int(x) - 1).bit_length()
+
+
+def padded_group(group: int) -> int:
+    """Rows of the query tile: the group padded to a power of two >= 16 (dot minimum)."""
+    return max(16, _next_pow2(group))
+
+
+def num_sms() -> int:
+    """SMs of the first GPU (for the split heuristic); DEFAULT_NUM_SMS without one."""
+    try:
+        dev = jax.devices()[0]
+    except RuntimeError:  # no backend initialised
+        return DEFAULT_NUM_SMS
+    if dev.platform in ("gpu", "cuda"):
+        return int(getattr(dev, "core_count", DEFAULT_NUM_SMS) or DEFAULT_NUM_SMS)
+    return DEFAULT_NUM_SMS
+
+
+def default_block_kv(page_size: int, head_dim: int, dtype) -> int:
+    """KV tokens per inner step: 128 for 2-byte types, 64 for float32 (same bytes)."""
+    block = 128 if jnp.dtype(dtype).itemsize <= 2 else 64
+    return max(block, page_size)
+
+
+def choose_num_splits(batch: int, num_kv_heads: int, max_context: int, block_kv: int,
+                      sms: int | None = None) -> int:
+    """Flash-decoding splits: enough programs to fill the GPU, each >= MIN_SPLIT_TOKENS.
+
+    B * Hkv programs already give ~2 waves on `sms` SMs -> 1 split. Otherwise split the
+    (static, bucketed) max context into parts of at least MIN_SPLIT_TOKENS tokens.
+    """
+    sms = sms or num_sms()
+    programs = batch * num_kv_heads
+    target = 2 * sms
+    if programs >= target:
+        return 1
+    max_tiles = -(-max_context // block_kv)
+    by_length = max(1, max_context // max(MIN_SPLIT_TOKENS, block_kv))
+    want = -(-target // programs)
+    return int(max(1, min(want, by_length, max_tiles)))
+
+
+# ----------------------------------------------------------------------------- kernel
+
+
+def _decode_kernel(bt_ref, lens_ref, q_ref, k_ref, v_ref, *out_refs, page_size,
+                   pages_per_tile, num_splits, scale_log2, precision, finalize):
+    """One (sequence b, KV head h, split s) program.
+
+    bt_ref [P_pad] page ids of b; lens_ref [B]; q_ref [Gp, D]; k_ref, v_ref
+    [num_pages, page_size, D] (KV head h's pool); outputs: finalize -> o_ref [Gp, D]
+    normalized, else acc_ref [Gp, D] f32, m_ref [Gp] f32 (log2 domain), l_ref [Gp] f32.
+    """
+    b = pl.program_id(0)
+    split = pl.program_id(2)
+    block_kv = pages_per_tile * page_size
+    rows, head_dim = q_ref.shape
+    length = lens_ref[b]
+    num_tiles = (length + block_kv - 1) // block_kv
+    tiles_per_split = (num_tiles + num_splits - 1) // num_splits
+    t_start = split * tiles_per_split
+    t_end = jnp.minimum(t_start + tiles_per_split, num_tiles)
+    q = q_ref[...]
+
+    def body(t, carry):
+        acc, m_prev, l_prev = carry
+        page_ids = bt_ref[pl.ds(t * pages_per_tile, pages_per_tile)]
+        k = k_ref[page_ids].reshape(block_kv, head_dim)
+        v = v_ref[page_ids].reshape(block_kv, head_dim)
+        s = lax.dot_general(q, k, (((1,), (1,)), ((), ())), precision=precision,
+                            preferred_element_type=jnp.float32) * scale_log2
+        kpos = t * block_kv + lax.broadcasted_iota(jnp.int32, (rows, block_kv), 1)
+        s = jnp.where(kpos < length, s, MASK_VALUE)
+        m_new = jnp.maximum(m_prev, jnp.max(s, axis=1))
+        alpha = jnp.exp2(m_prev - m_new)
+        p = jnp.exp2(s - m_new[:, None])
+        l_new = alpha * l_prev + jnp.sum(p, axis=1)
+        pv = lax.dot_general(p.astype(v.dtype), v, (((1,), (0,)), ((), ())),
+                             precision=precision, preferred_element_type=jnp.float32)
+        return alpha[:, None] * acc + pv, m_new, l_new
+
+    init = (jnp.zeros((rows, head_dim), jnp.float32),
+            jnp.full((rows,), MASK_VALUE, jnp.float32),
+            jnp.zeros((rows,), jnp.float32))
+    acc, m, l = lax.fori_loop(t_start, t_end, body, init)
+    if finalize:
+        (o_ref,) = out_refs
+        safe_l = jnp.where(l > 0.0, l, 1.0)
+        o_ref[...] = jnp.where(l[:, None] > 0.0, acc / safe_l[:, None], 0.0).astype(o_ref.dtype)
+    else:
+        acc_ref, m_ref, l_ref = out_refs
+        acc_ref[...] = acc
+        m_ref[...] = m
+        l_ref[...] = l
+
+
+# ----------------------------------------------------------------------------- pallas_call
+
+
+def merge_partials(acc, m, l):
+    """Log-sum-exp merge over axis 2 of split partials: acc [..., S, Gp, D], m/l [..., S, Gp].
+
+    m is in the log2 domain. Splits that saw no token have l = 0 and weight 0; a row whose
+    splits are all empty comes out as zeros.
+    """
+    m_max = jnp.max(m, axis=2, keepdims=True)
+    w = jnp.exp2(m - m_max)                                   # [..., S, Gp]
+    denom = jnp.sum(w * l, axis=2)                            # [..., Gp]
+    num = jnp.sum(w[..., None] * acc, axis=2)                 # [..., Gp, D]
+    safe = jnp.where(denom > 0.0, denom, 1.0)
+    return jnp.where(denom[..., None] > 0.0, num / safe[..., None], 0.0)
+
+
+def _decode_pallas(q, k_pages, v_pages, block_tables, seq_lens, *, sm_scale, block_kv,
+                   num_splits, num_warps, num_stages, interpret):
+    """q [B, Hq, D] (validated) -> [B, Hq, D]. Pads the group, tables; merges splits."""
+    batch, num_heads, head_dim = q.shape
+    num_kv_heads, num_pages, page_size, _ = k_pages.shape
+    group = num_heads // num_kv_heads
+    rows = padded_group(group)
+    pages_per_tile = block_kv // page_size
+    max_pages = block_tables.shape[1]
+    padded_pages = -(-max_pages // pages_per_tile) * pages_per_tile
+
+    qg = q.reshape(batch, num_kv_heads, group, head_dim)
+    if rows != group:
+        qg = jnp.pad(qg, ((0, 0), (0, 0), (0, rows - group), (0, 0)))
+    # Never read outside the pool: clamp ids (entries past a sequence's length are masked
+    # anyway) and lengths (to what the table can address).
+    bt = jnp.clip(block_tables.astype(jnp.int32), 0, num_pages - 1)
+    if padded_pages != max_pages:
+        bt = jnp.pad(bt, ((0, 0), (0, padded_pages - max_pages)))
+    lens = jnp.clip(seq_lens.astype(jnp.int32), 0, max_pages * page_size)
+
+    precision = lax.Precision.HIGHEST if q.dtype == jnp.float32 else None
+    finalize = num_splits == 1
+    kernel = functools.partial(
+        _decode_kernel, page_size=page_size, pages_per_tile=pages_per_tile,
+        num_splits=num_splits, scale_log2=float(sm_scale) * LOG2E, precision=precision,
+        finalize=finalize)
+    in_specs = [
+        pl.BlockSpec((None, padded_pages), lambda b, h, s: (b, 0)),
+        pl.BlockSpec((batch,), lambda b, h, s: (0,)),
+        pl.BlockSpec((None, None, rows, head_dim), lambda b, h, s: (b, h, 0, 0)),
+        pl.BlockSpec((None, num_pages, page_size, head_dim), lambda b, h, s: (h, 0, 0, 0)),
+        pl.BlockSpec((None, num_pages, page_size, head_dim), lambda b, h, s: (h, 0, 0, 0)),
+    ]
+    if finalize:
+        out_shape = jax.ShapeDtypeStruct((batch, num_kv_heads, rows, head_dim), q.dtype)
+        out_specs = pl.BlockSpec((None, None, rows, head_dim), lambda b, h, s: (b, h, 0, 0))
+    else:
+        out_shape = (
+            jax.ShapeDtypeStruct((batch, num_kv_heads, num_splits, rows, head_dim),
+                                 jnp.float32),
+            jax.ShapeDtypeStruct((batch, num_kv_heads, num_splits, rows), jnp.float32),
+            jax.ShapeDtypeStruct((batch, num_kv_heads, num_splits, rows), jnp.float32),
+        )
+        out_specs = (
+            pl.BlockSpec((None, None, None, rows, head_dim), lambda b, h, s: (b, h, s, 0, 0)),
+            pl.BlockSpec((None, None, None, rows), lambda b, h, s: (b, h, s, 0)),
+            pl.BlockSpec((None, None, None, rows), lambda b, h, s: (b, h, s, 0)),
+        )
+    out = pl.pallas_call(
+        kernel,
+        grid=(batch, num_kv_heads, num_splits),
+        in_specs=in_specs,
+        out_specs=out_specs,
+        out_shape=out_shape,
+        compiler_params=_compat.compiler_params(num_warps, num_stages),
+        interpret=interpret,
+        name=f"paged_decode_attention_bkv{block_kv}_s{num_splits}",
+    )(bt, lens, qg, k_pages, v_pages)
+    if finalize:
+        o = out
+    else:
+        o = merge_partials(*out).astype(q.dtype)
+    return o[:, :, :group, :].reshape(batch, num_heads, head_dim)
+
+
+# ----------------------------------------------------------------------------- public API
+
+
+def _check(cond: bool, name: str, expected: str, got) -> None:
+    if not cond:
+        raise ValueError(f"{name}: expected {expected}, got {got}")
+
+
+def check_kv_pages(q, k_pages, v_pages):
+    """Shared checks of q [*, Hq, D] against the page pools; returns (Hkv, page_size)."""
+    _check(getattr(k_pages, "ndim", None) == 4, "k_pages",
+           "a 4-d array [num_kv_heads, num_pages, page_size, head_dim]",
+           f"shape {getattr(k_pages, 'shape', type(k_pages))}")
+    _check(getattr(v_pages, "shape", None) == k_pages.shape, "v_pages",
+           f"the shape of k_pages {tuple(k_pages.shape)}",
+           f"shape {getattr(v_pages, 'shape', type(v_pages))}")
+    num_kv_heads, _, page_size, head_dim = k_pages.shape
+    num_heads = q.shape[-2]
+    _check(q.dtype in SUPPORTED_DTYPES, "q", "dtype float32 or bfloat16", f"{q.dtype}")
+    _check(k_pages.dtype == q.dtype, "k_pages", f"dtype {q.dtype} (the dtype of q)",
+           f"{k_pages.dtype}")
+    _check(v_pages.dtype == q.dtype, "v_pages", f"dtype {q.dtype} (the dtype of q)",
+           f"{v_pages.dtype}")
+    _check(q.shape[-1] in SUPPORTED_HEAD_DIMS, "q",
+           f"head_dim (last axis) in {SUPPORTED_HEAD_DIMS}", f"{q.shape[-1]} (shape {q.shape})")
+    _check(head_dim == q.shape[-1], "k_pages", f"head_dim {q.shape[-1]} (that of q)",
+           f"{head_dim} (shape {k_pages.shape})")
+    _check(page_size in SUPPORTED_PAGE_SIZES, "k_pages",
+           f"page_size (axis 2) in {SUPPORTED_PAGE_SIZES}", f"{page_size}")
+    _check(num_kv_heads >= 1 and num_heads % num_kv_heads == 0, "q",
+           f"a number of query heads divisible by num_kv_heads={num_kv_heads}",
+           f"{num_heads}")
+    _check(k_pages.shape[1] >= 1, "k_pages", "at least one page", f"shape {k_pages.shape}")
+    return num_kv_heads, page_size
+
+
+def _check_int_vector(x, name, length):
+    _check(getattr(x, "ndim", None) == 1 and x.shape[0] == length, name,
+           f"shape ({length},)", f"{getattr(x, 'shape', type(x))}")
+    _check(x.dtype == jnp.int32, name, "dtype int32", f"{x.dtype}")
+
+
+def resolve_block_kv(block_kv, page_size, head_dim, dtype) -> int:
+    if block_kv is None:
+        return default_block_kv(page_size, head_dim, dtype)
+    _check(isinstance(block_kv, int) and block_kv >= page_size and block_kv % page_size == 0
+           and (block_kv & (block_kv - 1)) == 0 and block_kv >= 16, "block_kv",
+           f"a power of two >= 16 and a multiple of page_size={page_size}", block_kv)
+    return block_kv
+
+
+def paged_decode_attention(q, k_pages, v_pages, block_tables, seq_lens, *, sm_scale=None,
+                           block_kv=None, num_splits=None, num_warps=4, num_stages=2,
+                           interpret=False):
+    """Decode attention over paged KV: q [B, Hq, D] -> [B, Hq, D].
+
+    Query head h reads KV head h // (Hq // Hkv). seq_lens[b] tokens of sequence b (whose
+    K/V, the new token's included, are in the pages named by block_tables[b]) are attended;
+    zero-length sequences return zeros. sm_scale defaults to 1/sqrt(head_dim).
+    block_kv: KV tokens per inner step (default 128 for bf16, 64 for f32); num_splits:
+    flash-decoding splits (default from B * Hkv vs the SM count, each >= 512 tokens);
+    num_warps / num_stages: Triton launch parameters. interpret=True runs on CPU.
+    Raises ValueError (naming the argument) on unsupported shapes or dtypes.
+    """
+    _check(getattr(q, "ndim", None) == 3, "q", "a 3-d array [batch, num_heads, head_dim]",
+           f"shape {getattr(q, 'shape', type(q))}")
+    num_kv_heads, page_size = check_kv_pages(q, k_pages, v_pages)
+    batch = q.shape[0]
+    _check(getattr(block_tables, "ndim", None) == 2 and block_tables.shape[0] == batch
+           and block_tables.shape[1] >= 1, "block_tables",
+           f"shape ({batch}, max_pages >= 1)", f"{getattr(block_tables, 'shape', None)}")
+    _check(block_tables.dtype == jnp.int32, "block_tables", "dtype int32",
+           f"{block_tables.dtype}")
+    _check_int_vector(seq_lens, "seq_lens", batch)
+    head_dim = q.shape[-1]
+    if sm_scale is None:
+        sm_scale = head_dim ** -0.5
+    block_kv = resolve_block_kv(block_kv, page_size, head_dim, q.dtype)
+    max_context = block_tables.shape[1] * page_size
+    if num_splits is None:
+        num_splits = choose_num_splits(batch, num_kv_heads, max_context, block_kv)
+    _check(isinstance(num_splits, int) and num_splits >= 1, "num_splits",
+           "a positive int", num_splits)
+    _check(num_warps in (1, 2, 4, 8, 16), "num_warps", "one of 1, 2, 4, 8, 16", num_warps)
+    _check(isinstance(num_stages, int) and num_stages >= 1, "num_stages", "an int >= 1",
+           num_stages)
+    if batch == 0:
+        return jnp.zeros_like(q)
+    return _decode_pallas(q, k_pages, v_pages, block_tables, seq_lens,
+                          sm_scale=float(sm_scale), block_kv=block_kv,
+                          num_splits=num_splits, num_warps=num_warps,
+                          num_stages=num_stages, interpret=interpret)
+
+
+# ----------------------------------------------------------------------------- reference
 
 
 def paged_decode_attention_reference(q, k_pages, v_pages, block_tables, seq_lens, *,

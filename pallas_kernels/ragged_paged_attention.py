@@ -4,11 +4,277 @@ Layout shared with the model's cache: k_pages, v_pages [num_kv_heads, num_pages,
 head_dim]. Sequence i owns query rows q[query_start_loc[i]:query_start_loc[i+1]], which sit
 at the last positions of its seq_lens[i] context tokens (their K/V already in the pages) and
 attend causally. Rows beyond query_start_loc[num_seqs] are padding and come back as zeros.
+
+Four parts: the kernel (`_ragged_kernel`), the pallas_call wrapper (`_ragged_pallas`, with
+the tile list built in jnp by `query_tiles`), the checked public API
+(`ragged_paged_attention`) and the plain-jnp oracle (`ragged_paged_attention_reference`).
+
+Design. The wrapper cuts every sequence's query rows into tiles of at most BQ consecutive
+rows of ONE sequence (a static-size list, unused entries empty). One program per (tile, KV
+head) holds the tile's BQ rows x all Gq query heads of that KV head ([BQ * Gq, D], Gq = the
+group padded to a power of two) and walks the sequence's pages from 0 to the causal limit of
+the tile's last row: first the KV tiles every row sees (no mask), then the diagonal ones
+(causal mask). Two tile classes run as two pallas_calls writing disjoint rows of one
+buffer: short query ranges (decode tokens, q_len <= BQs with BQs * Gq = 16 rows) and long
+ones (prefill chunks, BQ * Gq = `block_q_rows` rows), so a decode token costs a 16-row tile
+rather than a prefill-sized one. There is no split along the KV length here: for batches of
+pure decode tokens, `paged_decode_attention` (flash-decoding splits) is the faster route.
 """
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
+from jax import lax
+
+from pallas_kernels import _compat
+from pallas_kernels._compat import pl
+from pallas_kernels.paged_attention import (
+    LOG2E,
+    MASK_VALUE,
+    _check,
+    _check_int_vector,
+    _next_pow2,
+    check_kv_pages,
+)
+
+DEFAULT_BLOCK_Q_ROWS = 64   # rows (query tokens x padded group) of a prefill tile
+SMALL_TILE_ROWS = 16        # rows of a decode tile: the tensor-core dot minimum
+
+
+def default_block_kv_ragged(page_size: int, dtype) -> int:
+    block = 64
+    return max(block, page_size)
+
+
+# ----------------------------------------------------------------------------- kernel
+
+
+def _ragged_kernel(meta_ref, bt_ref, q_ref, k_ref, v_ref, o_in_ref, o_ref, *, block_q,
+                   group_rows, page_size, pages_per_tile, scale_log2, precision):
+    """One (query tile j, KV head h) program.
+
+    meta_ref [4, N]: per tile (seq id, first row, number of rows, position of first row);
+    bt_ref [S, P_pad]; q_ref [T, Gq, D] (KV head h's query heads); k_ref, v_ref
+    [num_pages, page_size, D]; o_ref [T, Gq, D] (aliased with o_in_ref when chaining):
+    only the tile's rows are written.
+    """
+    del o_in_ref  # aliased with o_ref: rows other tiles wrote stay as they are
+    j = pl.program_id(0)
+    seq = meta_ref[0, j]
+    row_start = meta_ref[1, j]
+    nrows = meta_ref[2, j]
+    pos0 = meta_ref[3, j]
+    block_kv = pages_per_tile * page_size
+    head_dim = q_ref.shape[-1]
+    rows = block_q * group_rows
+
+    row_ok = lax.broadcasted_iota(jnp.int32, (block_q,), 0) < nrows
+    q = _compat.load(q_ref.at[pl.ds(row_start, block_q)], mask=row_ok[:, None, None],
+                     other=0.0)
+    q = q.reshape(rows, head_dim)
+    # Causal limits: keys <= pos0 are seen by every row; the last row sees keys < kv_end.
+    kv_end = pos0 + nrows
+    n_full = jnp.maximum(pos0 + 1, 0) // block_kv
+    n_all = jnp.maximum(kv_end + block_kv - 1, 0) // block_kv
+    row_pos = pos0 + lax.broadcasted_iota(jnp.int32, (rows, block_kv), 0) // group_rows
+
+    def step(t, carry, masked):
+        acc, m_prev, l_prev = carry
+        page_ids = bt_ref[seq, pl.ds(t * pages_per_tile, pages_per_tile)]
+        k = k_ref[page_ids].reshape(block_kv, head_dim)
+        v = v_ref[page_ids].reshape(block_kv, head_dim)
+        s = lax.dot_general(q, k, (((1,), (1,)), ((), ())), precision=precision,
+                            preferred_element_type=jnp.float32) * scale_log2
+        if masked:
+            kpos = t * block_kv + lax.broadcasted_iota(jnp.int32, (rows, block_kv), 1)
+            s = jnp.where(kpos <= row_pos, s, MASK_VALUE)
+        m_new = jnp.maximum(m_prev, jnp.max(s, axis=1))
+        alpha = jnp.exp2(m_prev - m_new)
+        p = jnp.exp2(s - m_new[:, None])
+        l_new = alpha * l_prev + jnp.sum(p, axis=1)
+        pv = lax.dot_general(p.astype(v.dtype), v, (((1,), (0,)), ((), ())),
+                             precision=precision, preferred_element_type=jnp.float32)
+        return alpha[:, None] * acc + pv, m_new, l_new
+
+    carry = (jnp.zeros((rows, head_dim), jnp.float32),
+             jnp.full((rows,), MASK_VALUE, jnp.float32),
+             jnp.zeros((rows,), jnp.float32))
+    carry = lax.fori_loop(0, n_full, functools.partial(step, masked=False), carry)
+    acc, _, l = lax.fori_loop(n_full, n_all, functools.partial(step, masked=True), carry)
+    safe_l = jnp.where(l > 0.0, l, 1.0)
+    o = jnp.where(l[:, None] > 0.0, acc / safe_l[:, None], 0.0).astype(o_ref.dtype)
+    _compat.store(o_ref.at[pl.ds(row_start, block_q)],
+                  o.reshape(block_q, group_rows, head_dim), mask=row_ok[:, None, None])
+
+
+# ----------------------------------------------------------------------------- pallas_call
+
+
+def query_tiles(query_start_loc, seq_lens, num_seqs, *, block_q, min_q_len, max_q_len,
+                num_tiles):
+    """Static-size tile list [4, num_tiles] int32 for sequences with min <= q_len <= max.
+
+    Rows: sequence id, first query row, number of rows (0 = unused entry), absolute
+    position of the first row. A sequence with q_len rows gets cdiv(q_len, block_q) tiles.
+    """
+    num_slots = seq_lens.shape[0]
+    q_lens = query_start_loc[1:num_slots + 1] - query_start_loc[:num_slots]
+    real = jnp.arange(num_slots, dtype=jnp.int32) < num_seqs
+    in_class = real & (q_lens >= min_q_len) & (q_lens <= max_q_len)
+    q_lens = jnp.where(in_class, q_lens, 0)
+    per_seq = (q_lens + block_q - 1) // block_q
+    cum = jnp.cumsum(per_seq)
+    first = cum - per_seq
+    j = jnp.arange(num_tiles, dtype=jnp.int32)
+    seq = jnp.minimum(jnp.searchsorted(cum, j, side="right"), num_slots - 1).astype(jnp.int32)
+    local = j - first[seq]
+    valid = j < cum[-1]
+    row_start = query_start_loc[seq] + local * block_q
+    nrows = jnp.clip(query_start_loc[seq + 1] - row_start, 0, block_q)
+    pos0 = seq_lens[seq] - q_lens[seq] + local * block_q
+    return jnp.stack([
+        jnp.where(valid, seq, 0),
+        jnp.where(valid, row_start, 0),
+        jnp.where(valid, nrows, 0),
+        jnp.where(valid, pos0, -1),
+    ]).astype(jnp.int32)
+
+
+def _ragged_call(meta, bt, qg, k_pages, v_pages, out, *, block_q, block_kv, scale_log2,
+                 num_warps, num_stages, interpret):
+    num_tokens, num_kv_heads, group_rows, head_dim = qg.shape
+    _, num_pages, page_size, _ = k_pages.shape
+    num_tiles = meta.shape[1]
+    precision = lax.Precision.HIGHEST if qg.dtype == jnp.float32 else None
+    kernel = functools.partial(
+        _ragged_kernel, block_q=block_q, group_rows=group_rows, page_size=page_size,
+        pages_per_tile=block_kv // page_size, scale_log2=scale_log2, precision=precision)
+    return pl.pallas_call(
+        kernel,
+        grid=(num_tiles, num_kv_heads),
+        in_specs=[
+            pl.BlockSpec(meta.shape, lambda j, h: (0, 0)),
+            pl.BlockSpec(bt.shape, lambda j, h: (0, 0)),
+            pl.BlockSpec((num_tokens, None, group_rows, head_dim), lambda j, h: (0, h, 0, 0)),
+            pl.BlockSpec((None, num_pages, page_size, head_dim), lambda j, h: (h, 0, 0, 0)),
+            pl.BlockSpec((None, num_pages, page_size, head_dim), lambda j, h: (h, 0, 0, 0)),
+            pl.BlockSpec((num_tokens, None, group_rows, head_dim), lambda j, h: (0, h, 0, 0)),
+        ],
+        out_specs=pl.BlockSpec((num_tokens, None, group_rows, head_dim),
+                               lambda j, h: (0, h, 0, 0)),
+        out_shape=jax.ShapeDtypeStruct(qg.shape, qg.dtype),
+        input_output_aliases={5: 0},
+        compiler_params=_compat.compiler_params(num_warps, num_stages),
+        interpret=interpret,
+        name=f"ragged_paged_attention_bq{block_q}_bkv{block_kv}",
+    )(meta, bt, qg, k_pages, v_pages, out)
+
+
+def tile_plan(num_tokens: int, num_slots: int, group: int, block_q_rows: int):
+    """Static plan: [(block_q, min_q_len, max_q_len, num_tiles), ...] for the two classes."""
+    group_rows = _next_pow2(group)
+    bq_small = max(1, SMALL_TILE_ROWS // group_rows)
+    bq_large = max(bq_small, block_q_rows // group_rows)
+    plan = [(bq_small, 1, bq_small, min(num_slots, num_tokens))]
+    max_long_seqs = min(num_slots, num_tokens // (bq_small + 1))
+    if max_long_seqs > 0:
+        n_large = min(num_tokens, -(-num_tokens // bq_large) + max_long_seqs)
+        plan.append((bq_large, bq_small + 1, num_tokens, n_large))
+    return plan
+
+
+def _ragged_pallas(q, k_pages, v_pages, block_tables, seq_lens, query_start_loc, num_seqs,
+                   *, sm_scale, block_q_rows, block_kv, num_warps, num_stages, interpret):
+    num_tokens, num_heads, head_dim = q.shape
+    num_kv_heads, num_pages, page_size, _ = k_pages.shape
+    num_slots, max_pages = block_tables.shape
+    group = num_heads // num_kv_heads
+    group_rows = _next_pow2(group)
+    pages_per_tile = block_kv // page_size
+    padded_pages = -(-max_pages // pages_per_tile) * pages_per_tile
+
+    qg = q.reshape(num_tokens, num_kv_heads, group, head_dim)
+    if group_rows != group:
+        qg = jnp.pad(qg, ((0, 0), (0, 0), (0, group_rows - group), (0, 0)))
+    bt = jnp.clip(block_tables, 0, num_pages - 1)
+    if padded_pages != max_pages:
+        bt = jnp.pad(bt, ((0, 0), (0, padded_pages - max_pages)))
+    lens = jnp.clip(seq_lens, 0, max_pages * page_size)
+    num_seqs = jnp.clip(jnp.asarray(num_seqs, jnp.int32).reshape(()), 0, num_slots)
+    qsl = query_start_loc.astype(jnp.int32)
+
+    # Zeros: rows no tile covers (padding beyond query_start_loc[num_seqs]) stay zero.
+    out = jnp.zeros_like(qg)
+    for block_q, lo, hi, n in tile_plan(num_tokens, num_slots, group, block_q_rows):
+        if n <= 0:
+            continue
+        meta = query_tiles(qsl, lens, num_seqs, block_q=block_q, min_q_len=lo, max_q_len=hi,
+                           num_tiles=n)
+        out = _ragged_call(meta, bt, qg, k_pages, v_pages, out, block_q=block_q,
+                           block_kv=block_kv, scale_log2=float(sm_scale) * LOG2E,
+                           num_warps=num_warps, num_stages=num_stages, interpret=interpret)
+    out = out[:, :, :group, :].reshape(num_tokens, num_heads, head_dim)
+    return out
+
+
+# ----------------------------------------------------------------------------- public API
+
+
+def ragged_paged_attention(q, k_pages, v_pages, block_tables, seq_lens, query_start_loc,
+                           num_seqs, *, sm_scale=None, block_q_rows=DEFAULT_BLOCK_Q_ROWS,
+                           block_kv=None, num_warps=4, num_stages=2, interpret=False):
+    """Attention for a flat ragged batch of prefill chunks and decode tokens: [T, Hq, D].
+
+    q [T, Hq, D]; k_pages, v_pages [Hkv, num_pages, page_size, D]; block_tables [S, P]
+    int32; seq_lens [S] int32 (context length including the new tokens, already in the
+    pages); query_start_loc [S + 1] int32; num_seqs int32 scalar (may be traced): the real
+    sequences. Row t of sequence i sits at position seq_lens[i] - q_len_i + (t - qsl[i])
+    and attends causally to keys 0..position. Rows >= query_start_loc[num_seqs] give zeros.
+    Query head h reads KV head h // (Hq // Hkv); sm_scale defaults to 1/sqrt(head_dim).
+    block_q_rows: rows (tokens x padded group) of a prefill tile; block_kv: KV tokens per
+    inner step; num_warps / num_stages: Triton launch parameters; interpret=True: CPU.
+    Raises ValueError (naming the argument) on unsupported shapes or dtypes.
+    """
+    _check(getattr(q, "ndim", None) == 3, "q", "a 3-d array [num_tokens, num_heads, head_dim]",
+           f"shape {getattr(q, 'shape', type(q))}")
+    _, page_size = check_kv_pages(q, k_pages, v_pages)
+    num_tokens, _, head_dim = q.shape
+    _check(getattr(block_tables, "ndim", None) == 2 and block_tables.shape[0] >= 1
+           and block_tables.shape[1] >= 1, "block_tables",
+           "shape (num_seqs_padded >= 1, max_pages >= 1)",
+           f"{getattr(block_tables, 'shape', None)}")
+    _check(block_tables.dtype == jnp.int32, "block_tables", "dtype int32",
+           f"{block_tables.dtype}")
+    num_slots = block_tables.shape[0]
+    _check_int_vector(seq_lens, "seq_lens", num_slots)
+    _check_int_vector(query_start_loc, "query_start_loc", num_slots + 1)
+    num_seqs = jnp.asarray(num_seqs)
+    _check(num_seqs.size == 1 and jnp.issubdtype(num_seqs.dtype, jnp.integer), "num_seqs",
+           "an int32 scalar", f"shape {num_seqs.shape} dtype {num_seqs.dtype}")
+    _check(isinstance(block_q_rows, int) and block_q_rows >= SMALL_TILE_ROWS
+           and (block_q_rows & (block_q_rows - 1)) == 0, "block_q_rows",
+           f"a power of two >= {SMALL_TILE_ROWS}", block_q_rows)
+    if block_kv is None:
+        block_kv = default_block_kv_ragged(page_size, q.dtype)
+    _check(isinstance(block_kv, int) and block_kv >= max(page_size, 16)
+           and block_kv % page_size == 0 and (block_kv & (block_kv - 1)) == 0, "block_kv",
+           f"a power of two >= 16 and a multiple of page_size={page_size}", block_kv)
+    _check(num_warps in (1, 2, 4, 8, 16), "num_warps", "one of 1, 2, 4, 8, 16", num_warps)
+    _check(isinstance(num_stages, int) and num_stages >= 1, "num_stages", "an int >= 1",
+           num_stages)
+    if sm_scale is None:
+        sm_scale = head_dim ** -0.5
+    if num_tokens == 0:
+        return jnp.zeros_like(q)
+    return _ragged_pallas(q, k_pages, v_pages, block_tables, seq_lens, query_start_loc,
+                          num_seqs, sm_scale=float(sm_scale), block_q_rows=block_q_rows,
+                          block_kv=block_kv, num_warps=num_warps, num_stages=num_stages,
+                          interpret=interpret)
+
+
+# ----------------------------------------------------------------------------- reference
 
 
 def token_metadata(query_start_loc, seq_lens, num_seqs, num_tokens):
