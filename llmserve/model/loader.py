@@ -109,9 +109,9 @@ class SafetensorsFile:
 
     def get(self, name: str) -> np.ndarray:
         dt, shape, start, end = self._entries[name]
-        if start == end:
+        if start == end:  # empty tensor
             return np.zeros(shape, dt)
-        return self._mm[start:end].view(dt).reshape(shape)
+        return np.ndarray(shape, dt, buffer=self._mm, offset=start)  # read-only, zero-copy
 
 
 def save_safetensors(path: str, tensors: dict[str, np.ndarray],
@@ -122,7 +122,9 @@ def save_safetensors(path: str, tensors: dict[str, np.ndarray],
         header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
     arrays, offset = [], 0
     for name in sorted(tensors):
-        a = np.ascontiguousarray(tensors[name])
+        a = np.asarray(tensors[name])
+        if not a.flags.c_contiguous:
+            a = a.copy(order="C")  # (np.ascontiguousarray would turn a scalar into shape [1])
         if a.dtype not in _ST_NAMES:
             raise ValueError(f"tensor {name!r}: dtype {a.dtype} cannot be saved as safetensors")
         header[name] = {"dtype": _ST_NAMES[a.dtype], "shape": list(a.shape),

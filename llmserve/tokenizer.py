@@ -1,0 +1,164 @@
+"""Tokenizers: a checkpoint's Hugging Face tokenizer.json, a byte-level fallback, or ids only.
+
+All implement the same small protocol (`Tokenizer`). `load_tokenizer(path_or_None, cfg)`
+picks one:
+  * the checkpoint directory has tokenizer.json   -> HFTokenizer (HF `tokenizers` library,
+    imported only when such a tokenizer is built)
+  * a preset (no directory) whose vocabulary holds the 259 byte-level ids, or a checkpoint
+    whose vocabulary is exactly those 259 (e.g. one written by loader.save_hf_checkpoint from
+    a dummy preset) -> ByteTokenizer: bytes 0-255, <bos> 256, <eos> 257, <pad> 258
+  * otherwise -> TokenIdsOnly: encode() raises, asking for token ids; decode() writes the
+    ids as text. (A real checkpoint without tokenizer.json gets no byte fallback: its ids
+    0-255 are not bytes, and silently wrong text is worse than an error.)
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Protocol, Sequence, runtime_checkable
+
+from llmserve.model.config import BYTE_BOS, BYTE_EOS, BYTE_VOCAB_SIZE, ModelConfig
+
+BYTE_PAD = 258
+
+
+@runtime_checkable
+class Tokenizer(Protocol):
+    bos_token_id: int | None
+    eos_token_ids: tuple[int, ...]
+    vocab_size: int
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def decode(self, ids: Sequence[int]) -> str: ...
+
+
+class ByteTokenizer:
+    """UTF-8 bytes as ids 0-255; <bos> 256, <eos> 257, <pad> 258."""
+
+    bos_token_id = BYTE_BOS
+    eos_token_ids = (BYTE_EOS,)
+    pad_token_id = BYTE_PAD
+    vocab_size = BYTE_VOCAB_SIZE
+
+    def __init__(self, add_bos: bool = True):
+        self.add_bos = add_bos
+
+    def encode(self, text: str) -> list[int]:
+        if not isinstance(text, str):
+            raise ValueError(f"encode() takes a str, got {type(text).__name__}")
+        ids = list(text.encode("utf-8"))
+        return [BYTE_BOS] + ids if self.add_bos else ids
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Special and out-of-range ids are dropped; invalid UTF-8 becomes U+FFFD."""
+        return bytes(int(i) for i in ids if 0 <= int(i) < 256).decode("utf-8", errors="replace")
+
+    def __repr__(self) -> str:
+        return "ByteTokenizer()"
+
+
+class TokenIdsOnly:
+    """For a checkpoint without tokenizer.json whose vocabulary cannot hold byte ids."""
+
+    def __init__(self, cfg: ModelConfig, path: str | None = None):
+        self.vocab_size = cfg.vocab_size
+        self.bos_token_id = cfg.bos_token_id
+        self.eos_token_ids = tuple(cfg.eos_token_ids)
+        if path:
+            self._where = (f"checkpoint {path!r} has no tokenizer.json (and its vocabulary of "
+                           f"{cfg.vocab_size} is not the {BYTE_VOCAB_SIZE}-id byte-level one)")
+        else:
+            self._where = (f"this model's vocabulary ({cfg.vocab_size}) is smaller than the "
+                           f"byte-level tokenizer's ({BYTE_VOCAB_SIZE})")
+
+    def encode(self, text: str) -> list[int]:
+        raise ValueError(f"cannot encode text: {self._where}; pass prompts as lists of token "
+                         "ids instead")
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return " ".join(str(int(i)) for i in ids)
+
+    def __repr__(self) -> str:
+        return f"TokenIdsOnly(vocab_size={self.vocab_size})"
+
+
+class HFTokenizer:
+    """A checkpoint's tokenizer.json via the HF `tokenizers` library.
+
+    tokenizer_config.json, when present, supplies bos_token/eos_token (strings or
+    {"content": ...} objects) and add_bos_token; missing values fall back to the model config.
+    The tokenizer.json post-processor adds special tokens as transformers would; with
+    add_bos_token true a BOS is prepended if the post-processor did not add one.
+    """
+
+    def __init__(self, path: str, cfg: ModelConfig | None = None):
+        try:
+            from tokenizers import Tokenizer as _Tok
+        except ImportError as e:  # pragma: no cover - tokenizers is a core dependency
+            raise ImportError("reading tokenizer.json needs the `tokenizers` package "
+                              "(pip install tokenizers)") from e
+        self.path = os.fspath(path)
+        fn = os.path.join(self.path, "tokenizer.json")
+        try:
+            self._tok = _Tok.from_file(fn)
+        except Exception as e:
+            raise ValueError(f"cannot read {fn}: {e}") from None
+        tc: dict = {}
+        tc_fn = os.path.join(self.path, "tokenizer_config.json")
+        if os.path.isfile(tc_fn):
+            try:
+                with open(tc_fn) as f:
+                    tc = json.load(f)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{tc_fn} is not valid JSON: {e}") from None
+
+        def special(key: str) -> int | None:
+            tok = tc.get(key)
+            if isinstance(tok, dict):
+                tok = tok.get("content")
+            if not tok:
+                return None
+            tid = self._tok.token_to_id(tok)
+            if tid is None:
+                raise ValueError(f"{tc_fn}: {key} {tok!r} is not in the vocabulary of {fn}")
+            return tid
+
+        bos = special("bos_token")
+        if bos is None and cfg is not None:
+            bos = cfg.bos_token_id
+        self.bos_token_id = bos
+        eos = special("eos_token")
+        eos_ids = [eos] if eos is not None else []
+        if cfg is not None:  # the model may stop on several ids (e.g. Llama-3's <|eot_id|>)
+            eos_ids += [i for i in cfg.eos_token_ids if i not in eos_ids]
+        self.eos_token_ids = tuple(eos_ids)
+        self.add_bos = bool(tc.get("add_bos_token", False))
+        self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
+        if cfg is not None and self.vocab_size > cfg.vocab_size:
+            raise ValueError(f"{fn} has {self.vocab_size} tokens, more than the model's "
+                             f"vocab_size {cfg.vocab_size}")
+
+    def encode(self, text: str) -> list[int]:
+        if not isinstance(text, str):
+            raise ValueError(f"encode() takes a str, got {type(text).__name__}")
+        ids = self._tok.encode(text, add_special_tokens=True).ids
+        if self.add_bos and self.bos_token_id is not None and (not ids or
+                                                               ids[0] != self.bos_token_id):
+            ids = [self.bos_token_id] + ids
+        return ids
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self._tok.decode([int(i) for i in ids], skip_special_tokens=True)
+
+    def __repr__(self) -> str:
+        return f"HFTokenizer({self.path!r}, vocab_size={self.vocab_size})"
+
+
+def load_tokenizer(path: str | None, cfg: ModelConfig):
+    """The tokenizer for a model: see the module docstring for the choice."""
+    if path is not None and os.path.isfile(os.path.join(os.fspath(path), "tokenizer.json")):
+        return HFTokenizer(path, cfg)
+    if cfg.vocab_size == BYTE_VOCAB_SIZE or (path is None and cfg.vocab_size > BYTE_VOCAB_SIZE):
+        return ByteTokenizer()
+    return TokenIdsOnly(cfg, None if path is None else os.fspath(path))
