@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Protocol, Sequence, runtime_checkable
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
 
 from llmserve.model.config import BYTE_BOS, BYTE_EOS, BYTE_VOCAB_SIZE, ModelConfig
 
@@ -46,7 +47,7 @@ class ByteTokenizer:
 
     def encode(self, text: str) -> list[int]:
         if not isinstance(text, str):
-            raise ValueError(f"encode() takes a str, got {type(text).__name__}")
+            raise TypeError(f"encode() takes a str, got {type(text).__name__}")
         ids = list(text.encode("utf-8"))
         return [BYTE_BOS] + ids if self.add_bos else ids
 
@@ -102,7 +103,7 @@ class HFTokenizer:
         fn = os.path.join(self.path, "tokenizer.json")
         try:
             self._tok = _Tok.from_file(fn)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001  (tokenizers raises a bare Exception)
             raise ValueError(f"cannot read {fn}: {e}") from None
         tc: dict = {}
         tc_fn = os.path.join(self.path, "tokenizer_config.json")
@@ -141,7 +142,7 @@ class HFTokenizer:
 
     def encode(self, text: str) -> list[int]:
         if not isinstance(text, str):
-            raise ValueError(f"encode() takes a str, got {type(text).__name__}")
+            raise TypeError(f"encode() takes a str, got {type(text).__name__}")
         ids = self._tok.encode(text, add_special_tokens=True).ids
         if self.add_bos and self.bos_token_id is not None and (not ids or
                                                                ids[0] != self.bos_token_id):

@@ -18,7 +18,8 @@ import logging
 import math
 import os
 import struct
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -35,9 +36,9 @@ _ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
                   "qwen2": "Qwen2ForCausalLM"}
 # Defaults of the corresponding transformers config classes, for keys a config.json omits.
 _HF_DEFAULTS = {
-    "llama": dict(rms_norm_eps=1e-6, rope_theta=10000.0, max_position_embeddings=2048),
-    "mistral": dict(rms_norm_eps=1e-6, rope_theta=10000.0, max_position_embeddings=4096 * 32),
-    "qwen2": dict(rms_norm_eps=1e-6, rope_theta=10000.0, max_position_embeddings=32768),
+    "llama": {"rms_norm_eps": 1e-6, "rope_theta": 10000.0, "max_position_embeddings": 2048},
+    "mistral": {"rms_norm_eps": 1e-6, "rope_theta": 10000.0, "max_position_embeddings": 4096 * 32},
+    "qwen2": {"rms_norm_eps": 1e-6, "rope_theta": 10000.0, "max_position_embeddings": 32768},
 }
 _TORCH_DTYPES = {"float32": "float32", "float": "float32", "bfloat16": "bfloat16",
                  "float16": "float16", "half": "float16"}
@@ -75,7 +76,7 @@ class SafetensorsFile:
             except (UnicodeDecodeError, json.JSONDecodeError) as e:
                 raise ValueError(f"{path}: safetensors header is not valid JSON: {e}") from None
         if not isinstance(header, dict):
-            raise ValueError(f"{path}: safetensors header is not a JSON object")
+            raise ValueError(f"{path}: safetensors header is not a JSON object")  # noqa: TRY004
         self.metadata = header.pop("__metadata__", None) or {}
         self._entries: dict[str, tuple[np.dtype, tuple[int, ...], int, int]] = {}
         data_len = size - 8 - n
@@ -100,6 +101,9 @@ class SafetensorsFile:
 
     def keys(self) -> list[str]:
         return list(self._entries)
+
+    def __iter__(self):
+        return iter(self._entries)
 
     def __contains__(self, name: str) -> bool:
         return name in self._entries
@@ -158,7 +162,7 @@ def _read_config_json(path: str) -> dict:
     except json.JSONDecodeError as e:
         raise ValueError(f"{fn} is not valid JSON: {e}") from None
     if not isinstance(hf, dict):
-        raise ValueError(f"{fn} is not a JSON object")
+        raise ValueError(f"{fn} is not a JSON object")  # noqa: TRY004  (bad file, not bad arg)
     return hf
 
 
@@ -178,7 +182,8 @@ def _rope(hf: dict, fn: str, default_theta: float) -> tuple[float, RopeScaling |
     if rs is None:
         return theta, None
     if not isinstance(rs, dict):
-        raise ValueError(f"{fn}: rope_scaling must be an object or null, got {rs!r}")
+        raise ValueError(  # noqa: TRY004  (bad file contents, not a bad argument)
+            f"{fn}: rope_scaling must be an object or null, got {rs!r}")
     rtype = rs.get("rope_type", rs.get("type", "default"))
     if rtype == "default":
         return theta, None
@@ -344,7 +349,7 @@ def _open_checkpoint(path: str) -> dict[str, SafetensorsFile]:
     where = {}
     for fname in files:
         st = SafetensorsFile(os.path.join(path, fname))
-        for name in st.keys():
+        for name in st:
             if name in where:
                 raise ValueError(f"tensor {name!r} appears in both {where[name].path} and "
                                  f"{st.path} (and there is no model.safetensors.index.json)")
@@ -369,7 +374,7 @@ def load_params(path: str, cfg: ModelConfig, dtype: str | None = None) -> dict:
     # Some checkpoints of the bare model (LlamaModel) omit the "model." prefix.
     strip = "model.embed_tokens.weight" not in where and "embed_tokens.weight" in where
     shapes = param_shapes(cfg)
-    params: dict = {"layers": [dict() for _ in range(cfg.num_layers)]}
+    params: dict = {"layers": [{} for _ in range(cfg.num_layers)]}
     used = set()
     for key, (name, transpose) in hf_name_map(cfg).items():
         src = name[len("model."):] if strip and name.startswith("model.") else name

@@ -90,20 +90,20 @@ def test_load_config_legacy_keys_and_defaults(tmp_path):
 
 
 @pytest.mark.parametrize("edit, match", [
-    (dict(model_type="gpt2"), r"unsupported model_type 'gpt2'; supported: llama, mistral, qwen2"),
-    (dict(model_type=_DELETE), r"unsupported model_type None"),
-    (dict(rope_parameters={"rope_type": "yarn", "factor": 4.0, "rope_theta": 1e4}),
+    ({"model_type": "gpt2"}, r"unsupported model_type 'gpt2'; supported: llama, mistral, qwen2"),
+    ({"model_type": _DELETE}, r"unsupported model_type None"),
+    ({"rope_parameters": {"rope_type": "yarn", "factor": 4.0, "rope_theta": 1e4}},
      r"unsupported rope_type 'yarn'"),
-    (dict(rope_parameters={"rope_type": "llama3", "factor": 8.0, "rope_theta": 1e4}),
+    ({"rope_parameters": {"rope_type": "llama3", "factor": 8.0, "rope_theta": 1e4}},
      r"missing 'low_freq_factor'"),
-    (dict(hidden_act="gelu"), r"hidden_act 'gelu'"),
-    (dict(attention_bias=True), r"attention_bias=true is not supported for llama"),
-    (dict(mlp_bias=True), r"mlp_bias"),
-    (dict(hidden_size=_DELETE), r"required key 'hidden_size' is missing"),
-    (dict(dtype="int8"), r"unsupported torch_dtype 'int8'"),
-    (dict(eos_token_id="</s>"), r"eos_token_id must be an int"),
-    (dict(num_key_value_heads=3), r"multiple of num_kv_heads"),
-    (dict(partial_rotary_factor=0.5), r"partial_rotary_factor"),
+    ({"hidden_act": "gelu"}, r"hidden_act 'gelu'"),
+    ({"attention_bias": True}, r"attention_bias=true is not supported for llama"),
+    ({"mlp_bias": True}, r"mlp_bias"),
+    ({"hidden_size": _DELETE}, r"required key 'hidden_size' is missing"),
+    ({"dtype": "int8"}, r"unsupported torch_dtype 'int8'"),
+    ({"eos_token_id": "</s>"}, r"eos_token_id must be an int"),
+    ({"num_key_value_heads": 3}, r"multiple of num_kv_heads"),
+    ({"partial_rotary_factor": 0.5}, r"partial_rotary_factor"),
 ])
 def test_load_config_errors(tmp_path, edit, match):
     p = _copy("llama", tmp_path)
@@ -227,7 +227,7 @@ def test_unindexed_shards_merge(tmp_path):
 
 def _rewrite(path: str, fn, drop=(), replace=None, add=None):
     st = loader.SafetensorsFile(os.path.join(path, fn))
-    t = {n: np.array(st.get(n)) for n in st.keys() if n not in drop}
+    t = {n: np.array(st.get(n)) for n in st if n not in drop}
     t.update(replace or {})
     t.update(add or {})
     del st
@@ -301,7 +301,8 @@ def test_corrupt_safetensors(tmp_path):
     p = _copy("llama", tmp_path)
     cfg = loader.load_config(p)
     fn = os.path.join(p, "model.safetensors")
-    data = open(fn, "rb").read()
+    with open(fn, "rb") as f:
+        data = f.read()
     with open(fn, "wb") as f:
         f.write(data[:-100])
     with pytest.raises(ValueError, match="truncated or corrupt"):
