@@ -1,0 +1,1 @@
+"""Workloads: loaders, synthetic generators, replay, and the JSONL request log."""
