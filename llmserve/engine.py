@@ -132,6 +132,11 @@ class LLMEngine:
 
     def step(self) -> list[RequestOutput]:
         """One scheduler decision, executed, applied. Returns outputs of requests that advanced."""
+        return [self._output(r) for r in self.step_requests()]
+
+    def step_requests(self) -> list[Request]:
+        """step() without building RequestOutputs: the replay driver reads the Request objects
+        directly, since building outputs for every request every step dominates a simulation."""
         t0 = self.clock()
         sched_out = self.scheduler.schedule(t0)
         if sched_out.is_empty:
@@ -139,8 +144,7 @@ class LLMEngine:
         runner_out = self.runner.execute(sched_out)
         now = self.clock()
         self.step_times.append(now - t0)
-        changed = self.scheduler.update_from_output(sched_out, runner_out, now)
-        return [self._output(r) for r in changed]
+        return self.scheduler.update_from_output(sched_out, runner_out, now)
 
     def _output(self, req: Request) -> RequestOutput:
         text = None
