@@ -56,11 +56,16 @@ def summarize(out_dir: str, extra: dict | None = None) -> tuple[dict, str]:
                f"{env.get('jax')}  jaxlib {env.get('jaxlib')}  triton {env.get('triton')}  "
                f"python {env.get('python')}")
     for name in STAGE_ORDER:
-        if name in st and isinstance(st[name], dict):
+        if name in st and isinstance(st[name], dict) and "stage" in st[name]:
             s = st[name]
             out.append(f"stage {name:12s} finished={s.get('finished')} "
                        f"elapsed={s.get('elapsed_s')}s items={len(s.get('items', []))} "
                        f"errors={len(s.get('errors', []))} skipped={len(s.get('skipped', []))}")
+        elif name in st:
+            out.append(f"stage {name:12s} (own format; see results.json)")
+    for rc in (st.get("run") or {}).get("stage_rc", []):
+        out.append(f"  process {rc.get('stage')}: rc={rc.get('rc')} wall={rc.get('wall_s')}s"
+                   + ("  TIMED OUT" if rc.get("rc") in (124, 137) else ""))
     c = st.get("correctness", {})
     out.append(_table("correctness on device (max |kernel - reference|)",
                       ["case", "ok", "max_err", "tol", "zeros_ok", "s"],
@@ -100,7 +105,8 @@ def summarize(out_dir: str, extra: dict | None = None) -> tuple[dict, str]:
         out.append(f"  best decode {k}: {v}")
     if a.get("best_ragged"):
         out.append(f"  best ragged: {a['best_ragged']}")
-    errs = [(n, e) for n, s in st.items() if isinstance(s, dict) for e in s.get("errors", [])]
+    errs = [(n, e) for n, s in st.items() if isinstance(s, dict)
+            and isinstance(s.get("errors"), list) for e in s["errors"] if isinstance(e, dict)]
     if errs:
         out.append("\n== errors ==")
         for n, e in errs:
