@@ -83,28 +83,42 @@ def choose_num_splits(batch: int, num_kv_heads: int, max_context: int, block_kv:
 # ----------------------------------------------------------------------------- kernel
 
 
-def _decode_kernel(bt_ref, lens_ref, q_ref, k_ref, v_ref, *out_refs, page_size,
+def _decode_kernel(bt_ref, lens_ref, q_ref, k_ref, v_ref, *out_refs, group, page_size,
                    pages_per_tile, num_splits, scale_log2, precision, finalize):
     """One (sequence b, KV head h, split s) program.
 
-    bt_ref [P_pad] page ids of b; lens_ref [B]; q_ref [Gp, D]; k_ref, v_ref
-    [num_pages, page_size, D] (KV head h's pool); outputs: finalize -> o_ref [Gp, D]
-    normalized, else acc_ref [Gp, D] f32, m_ref [Gp] f32 (log2 domain), l_ref [Gp] f32.
+    bt_ref [max_pages] page ids of b; lens_ref [B]; q_ref [Hq, D] (all heads of b: rows
+    h*G .. h*G+G-1 are read, padded to Gp rows by a masked load); k_ref, v_ref
+    [num_pages, page_size, D] (KV head h's pool). Outputs: finalize -> o_ref [Hq, D], the
+    normalized rows of head group h (masked store); else acc_ref [Gp, D] f32, m_ref [Gp]
+    f32 (running max, log2 domain), l_ref [Gp] f32 (running sum).
+    Page ids are clamped into the pool and lengths to the table, so no read leaves the
+    arrays whatever the table holds past a sequence's length.
     """
     b = pl.program_id(0)
+    h = pl.program_id(1)
     split = pl.program_id(2)
     block_kv = pages_per_tile * page_size
-    rows, head_dim = q_ref.shape
-    length = lens_ref[b]
+    rows = padded_group(group)
+    head_dim = q_ref.shape[-1]
+    max_pages = bt_ref.shape[0]
+    num_pages = k_ref.shape[0]
+    length = jnp.clip(lens_ref[b], 0, max_pages * page_size)
     num_tiles = (length + block_kv - 1) // block_kv
     tiles_per_split = (num_tiles + num_splits - 1) // num_splits
     t_start = split * tiles_per_split
     t_end = jnp.minimum(t_start + tiles_per_split, num_tiles)
-    q = q_ref[...]
+
+    row_ok = lax.broadcasted_iota(jnp.int32, (rows,), 0) < group
+    head_rows = pl.ds(h * group, rows)
+    q = _compat.load(q_ref.at[head_rows], mask=row_ok[:, None], other=0.0)
 
     def body(t, carry):
         acc, m_prev, l_prev = carry
-        page_ids = bt_ref[pl.ds(t * pages_per_tile, pages_per_tile)]
+        idx = t * pages_per_tile + lax.broadcasted_iota(jnp.int32, (pages_per_tile,), 0)
+        page_ids = _compat.load(bt_ref.at[pl.ds(t * pages_per_tile, pages_per_tile)],
+                                mask=idx < max_pages, other=0)
+        page_ids = jnp.clip(page_ids, 0, num_pages - 1)
         k = k_ref[page_ids].reshape(block_kv, head_dim)
         v = v_ref[page_ids].reshape(block_kv, head_dim)
         s = lax.dot_general(q, k, (((1,), (1,)), ((), ())), precision=precision,
@@ -126,7 +140,8 @@ def _decode_kernel(bt_ref, lens_ref, q_ref, k_ref, v_ref, *out_refs, page_size,
     if finalize:
         (o_ref,) = out_refs
         safe_l = jnp.where(l > 0.0, l, 1.0)
-        o_ref[...] = jnp.where(l[:, None] > 0.0, acc / safe_l[:, None], 0.0).astype(o_ref.dtype)
+        o = jnp.where(l[:, None] > 0.0, acc / safe_l[:, None], 0.0).astype(o_ref.dtype)
+        _compat.store(o_ref.at[head_rows], o, mask=row_ok[:, None])
     else:
         acc_ref, m_ref, l_ref = out_refs
         acc_ref[...] = acc
@@ -153,41 +168,32 @@ def merge_partials(acc, m, l):
 
 def _decode_pallas(q, k_pages, v_pages, block_tables, seq_lens, *, sm_scale, block_kv,
                    num_splits, num_warps, num_stages, interpret):
-    """q [B, Hq, D] (validated) -> [B, Hq, D]. Pads the group, tables; merges splits."""
+    """q [B, Hq, D] (validated) -> [B, Hq, D].
+
+    Without splits the kernel writes the output itself (no XLA op around it); with splits
+    it writes float32 partials that `merge_partials` combines.
+    """
     batch, num_heads, head_dim = q.shape
     num_kv_heads, num_pages, page_size, _ = k_pages.shape
     group = num_heads // num_kv_heads
     rows = padded_group(group)
-    pages_per_tile = block_kv // page_size
     max_pages = block_tables.shape[1]
-    padded_pages = -(-max_pages // pages_per_tile) * pages_per_tile
-
-    qg = q.reshape(batch, num_kv_heads, group, head_dim)
-    if rows != group:
-        qg = jnp.pad(qg, ((0, 0), (0, 0), (0, rows - group), (0, 0)))
-    # Never read outside the pool: clamp ids (entries past a sequence's length are masked
-    # anyway) and lengths (to what the table can address).
-    bt = jnp.clip(block_tables.astype(jnp.int32), 0, num_pages - 1)
-    if padded_pages != max_pages:
-        bt = jnp.pad(bt, ((0, 0), (0, padded_pages - max_pages)))
-    lens = jnp.clip(seq_lens.astype(jnp.int32), 0, max_pages * page_size)
-
     precision = lax.Precision.HIGHEST if q.dtype == jnp.float32 else None
     finalize = num_splits == 1
     kernel = functools.partial(
-        _decode_kernel, page_size=page_size, pages_per_tile=pages_per_tile,
-        num_splits=num_splits, scale_log2=float(sm_scale) * LOG2E, precision=precision,
-        finalize=finalize)
+        _decode_kernel, group=group, page_size=page_size,
+        pages_per_tile=block_kv // page_size, num_splits=num_splits,
+        scale_log2=float(sm_scale) * LOG2E, precision=precision, finalize=finalize)
     in_specs = [
-        pl.BlockSpec((None, padded_pages), lambda b, h, s: (b, 0)),
+        pl.BlockSpec((None, max_pages), lambda b, h, s: (b, 0)),
         pl.BlockSpec((batch,), lambda b, h, s: (0,)),
-        pl.BlockSpec((None, None, rows, head_dim), lambda b, h, s: (b, h, 0, 0)),
+        pl.BlockSpec((None, num_heads, head_dim), lambda b, h, s: (b, 0, 0)),
         pl.BlockSpec((None, num_pages, page_size, head_dim), lambda b, h, s: (h, 0, 0, 0)),
         pl.BlockSpec((None, num_pages, page_size, head_dim), lambda b, h, s: (h, 0, 0, 0)),
     ]
     if finalize:
-        out_shape = jax.ShapeDtypeStruct((batch, num_kv_heads, rows, head_dim), q.dtype)
-        out_specs = pl.BlockSpec((None, None, rows, head_dim), lambda b, h, s: (b, h, 0, 0))
+        out_shape = jax.ShapeDtypeStruct(q.shape, q.dtype)
+        out_specs = pl.BlockSpec((None, num_heads, head_dim), lambda b, h, s: (b, 0, 0))
     else:
         out_shape = (
             jax.ShapeDtypeStruct((batch, num_kv_heads, num_splits, rows, head_dim),
@@ -209,11 +215,10 @@ def _decode_pallas(q, k_pages, v_pages, block_tables, seq_lens, *, sm_scale, blo
         compiler_params=_compat.compiler_params(num_warps, num_stages),
         interpret=interpret,
         name=f"paged_decode_attention_bkv{block_kv}_s{num_splits}",
-    )(bt, lens, qg, k_pages, v_pages)
+    )(block_tables, seq_lens, q, k_pages, v_pages)
     if finalize:
-        o = out
-    else:
-        o = merge_partials(*out).astype(q.dtype)
+        return out
+    o = merge_partials(*out).astype(q.dtype)              # [B, Hkv, Gp, D]
     return o[:, :, :group, :].reshape(batch, num_heads, head_dim)
 
 
