@@ -13,8 +13,21 @@ def get_config():
     c.num_kv_blocks = 0                 # 0 = enough for max_num_seqs full-length requests...
     c.kv_cache_memory_bytes = 2**30     # ...capped by this many bytes of KV cache
     c.max_model_len = 2048              # prompt + output tokens per request
-    c.policy = "chunked"                # continuous | chunked
+    c.policy = "chunked"                # static | continuous | chunked | predictive
     c.attention_impl = "reference"      # reference | pallas | pallas_interpret
     c.seed = 0                          # dummy weights and default sampling seeds
     c.warmup = False                    # compile every padding bucket before serving
+    # Scheduler knobs; None (placeholder) = the value of the `policy` preset.
+    ph = ml_collections.config_dict.placeholder
+    c.chunked_prefill = ph(bool)        # may a prompt be split across steps
+    c.queue_policy = ph(str)            # fcfs | shortest_first (aging) | length_bins
+    c.kv_allocation = ph(str)           # paged | reserve_max | reserve_predicted
+    c.preemption_victim = ph(str)       # newest | most_remaining (predicted work)
+    c.aging_rate = ph(float)            # shortest_first: priority tokens gained per s waited
+    c.length_bins = ph(str)             # length_bins: predicted-length bin edges, e.g. "50,500"
+    c.static_batch_size = ph(int)       # static: requests per formed batch
+    c.static_batch_timeout_s = ph(float)  # static: dispatch a partial batch after this wait
+    c.enable_prefix_caching = ph(bool)  # share the KV of identical prompt prefixes
+    c.predictor = ph(str)               # none | oracle | noisy_oracle:REL[:SEED] | constant:N |
+    #                                     checkpoint:DIR
     return c

@@ -10,7 +10,11 @@ import importlib.util
 import os
 from typing import Any
 
-from llmserve.core.scheduler import POLICIES
+from llmserve.core.scheduler import POLICIES, SchedulerConfig
+
+SCHEDULER_KNOBS = ("chunked_prefill", "queue_policy", "kv_allocation", "preemption_victim",
+                   "aging_rate", "length_bins", "static_batch_size", "static_batch_timeout_s",
+                   "enable_prefix_caching", "predictor")
 
 LOAD_FORMATS = ("auto", "dummy", "safetensors")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -32,12 +36,27 @@ class EngineConfig:
     attention_impl: str = "reference"   # reference (plain jnp) | pallas | pallas_interpret
     seed: int = 0                       # dummy weights and default per-request sampling seeds
     warmup: bool = False                # compile every bucket shape at start
+    # Scheduler knobs (core/scheduler.py): None = the value of the `policy` preset.
+    chunked_prefill: bool | None = None         # may a prompt be split across steps
+    queue_policy: str | None = None             # fcfs | shortest_first | length_bins
+    kv_allocation: str | None = None            # paged | reserve_max | reserve_predicted
+    preemption_victim: str | None = None        # newest | most_remaining
+    aging_rate: float | None = None             # shortest_first: tokens of priority per s waited
+    length_bins: str | None = None              # length_bins: edges, e.g. "50,500"
+    static_batch_size: int | None = None        # static: requests per formed batch
+    static_batch_timeout_s: float | None = None  # static: dispatch a partial batch after this
+    enable_prefix_caching: bool | None = None   # share KV of identical prompt prefixes
+    predictor: str | None = None                # none | oracle | noisy_oracle:REL[:SEED] |
+    #                                             constant:N | checkpoint:DIR
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
-            want = {"str": str, "int": int, "bool": bool}[f.type]
-            if not isinstance(v, want) or (want is int and isinstance(v, bool)):
+            base, _, optional = f.type.partition(" | ")
+            if v is None and optional:
+                continue
+            want = {"str": str, "int": int, "bool": bool, "float": (int, float)}[base]
+            if not isinstance(v, want) or (want is not bool and isinstance(v, bool)):
                 raise ValueError(f"config field {f.name!r} must be {f.type}, got {v!r} "
                                  f"({type(v).__name__})")
         choices = dict(load_format=LOAD_FORMATS, dtype=DTYPES, policy=POLICIES,
@@ -53,6 +72,16 @@ class EngineConfig:
         if self.num_kv_blocks < 0:
             raise ValueError(f"config field 'num_kv_blocks' must be >= 0 (0 = automatic), "
                              f"got {self.num_kv_blocks}")
+        # Unknown or inconsistent scheduler knobs fail here, when the config is built.
+        self.scheduler_config(max(1, self.num_kv_blocks))
+
+    def scheduler_config(self, num_kv_blocks: int):
+        """The SchedulerConfig of this engine config (knobs left None come from the preset)."""
+        knobs = {k: getattr(self, k) for k in SCHEDULER_KNOBS if getattr(self, k) is not None}
+        return SchedulerConfig.for_policy(
+            self.policy, max_num_seqs=self.max_num_seqs,
+            max_num_batched_tokens=self.max_num_batched_tokens, block_size=self.block_size,
+            num_kv_blocks=num_kv_blocks, max_model_len=self.max_model_len, **knobs)
 
     @classmethod
     def from_dict(cls, d: Any) -> "EngineConfig":

@@ -6,9 +6,9 @@ import os
 import time
 from typing import Sequence
 
-from llmserve.config import EngineConfig
+from llmserve.config import SCHEDULER_KNOBS, EngineConfig
 from llmserve.core.request import Request
-from llmserve.core.scheduler import Scheduler, SchedulerConfig
+from llmserve.core.scheduler import create_scheduler
 from llmserve.outputs import RequestOutput
 from llmserve.sampling_params import SamplingParams
 
@@ -55,10 +55,7 @@ class LLMEngine:
             raise ValueError(f"max_model_len ({config.max_model_len}) exceeds the model's "
                              f"max_position_embeddings ({mc.max_position_embeddings})")
         num_blocks = config.num_kv_blocks or self._auto_num_blocks()
-        self.scheduler = Scheduler(SchedulerConfig.for_policy(
-            config.policy, max_num_seqs=config.max_num_seqs,
-            max_num_batched_tokens=config.max_num_batched_tokens, block_size=config.block_size,
-            num_kv_blocks=num_blocks, max_model_len=config.max_model_len))
+        self.scheduler = create_scheduler(config.scheduler_config(num_blocks))
         if runner is None:
             from llmserve.runner.jax_runner import JaxRunner
             runner = JaxRunner(params, mc, num_kv_blocks=num_blocks, block_size=config.block_size,
@@ -155,7 +152,7 @@ class LLMEngine:
 
 _LLM_KWARGS = ("dtype", "max_num_seqs", "max_num_batched_tokens", "block_size", "num_kv_blocks",
                "max_model_len", "policy", "attention_impl", "seed", "load_format",
-               "kv_cache_memory_bytes", "warmup")
+               "kv_cache_memory_bytes", "warmup") + SCHEDULER_KNOBS
 
 
 class LLM:

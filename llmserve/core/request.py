@@ -37,11 +37,32 @@ _FINISH_REASONS = {
 
 class Request:
     __slots__ = (
-        "request_id", "prompt_token_ids", "sampling_params", "eos_token_ids", "token_ids",
-        "num_prompt_tokens", "output_logprobs", "num_computed_tokens", "block_ids", "status",
-        "stop_token_id", "predicted_num_output_tokens", "arrival_time", "first_scheduled_time",
-        "first_token_time", "token_times", "finish_time", "num_preemptions",
-        "num_cached_tokens", "sampling_tuple", "prompt_text")
+        "arrival_time",
+        "block_hashes",
+        "block_ids",
+        "eos_token_ids",
+        "finish_time",
+        "first_scheduled_time",
+        "first_token_time",
+        "num_cached_tokens",
+        "num_computed_tokens",
+        "num_hashed_blocks",
+        "num_preemptions",
+        "num_prompt_tokens",
+        "output_logprobs",
+        "predicted_num_output_tokens",
+        "predicted_spread",
+        "prompt_text",
+        "prompt_token_ids",
+        "request_id",
+        "sampling_params",
+        "sampling_tuple",
+        "status",
+        "stop_token_id",
+        "token_ids",
+        "token_times",
+        "true_num_output_tokens",
+    )
 
     def __init__(self, request_id: str, prompt_token_ids: list[int],
                  sampling_params: SamplingParams, arrival_time: float,
@@ -59,7 +80,15 @@ class Request:
         self.block_ids: list[int] = []
         self.status = RequestStatus.WAITING
         self.stop_token_id: int | None = None
+        # Written by the predictor (core/predictors.py) once, when the request arrives.
         self.predicted_num_output_tokens: float | None = None
+        self.predicted_spread: float | None = None
+        # The true output length when the workload knows it (trace replay, simulator); the
+        # oracle predictor reads it, falling back to max_tokens.
+        self.true_num_output_tokens: int | None = None
+        # Chained hashes of this request's full, computed blocks (prefix caching).
+        self.block_hashes: list[int] = []
+        self.num_hashed_blocks = 0      # leading blocks of block_ids offered to the cache
         self.arrival_time = arrival_time
         self.first_scheduled_time: float | None = None
         self.first_token_time: float | None = None

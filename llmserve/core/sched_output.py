@@ -1,10 +1,24 @@
-"""The only contract between scheduler and runner. Plain ints, floats and lists."""
+"""The only contract between scheduler and runner. Plain ints, floats and lists.
+
+Padding (static batching only; every other policy schedules none):
+- A padded prompt: the ScheduledRequest carries the real prompt tokens in `token_ids` and
+  `num_padding_tokens` = (longest prompt of its batch) - (its own). The runner appends that many
+  dummy rows after the real ones, at the following positions, in the same sequence.
+- A request that already finished inside a running static batch still occupies its slot: each
+  decode step it appears with `token_ids == []`, `num_padding_tokens == 1`, `sample == False`,
+  `start_pos` = its last position and its (still reserved) block table, so its dummy row attends
+  over its whole context as it would in a padded [batch, max_len] tensor.
+Dummy rows are computed but written nowhere (slot = the runner's pad slot) and whatever they
+sample is discarded. A runner charges them like real tokens: the JaxRunner computes them, a cost
+model counts them. `num_scheduled_tokens` counts only real tokens; the token budget bounds
+`num_scheduled_tokens + num_padding_tokens`.
+"""
 from __future__ import annotations
 
 import dataclasses
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)
 class ScheduledRequest:
     req_id: str
     token_ids: list[int]        # the new tokens to process this step
@@ -13,21 +27,26 @@ class ScheduledRequest:
     sample: bool                # whether this step ends at the last token, so samples one
     token_index: int            # index of the output token sampled (the sampling key)
     sampling: tuple             # (temperature, top_k, top_p, seed)
-    num_padding_tokens: int = 0  # static batching: slots computed for nothing
+    num_padding_tokens: int = 0  # static batching: dummy rows after token_ids (see above)
 
 
 @dataclasses.dataclass
 class SchedulerOutput:
     step_id: int
     scheduled: list[ScheduledRequest]
-    num_scheduled_tokens: int
+    num_scheduled_tokens: int                # real tokens (without padding)
     preempted_req_ids: list[str] = dataclasses.field(default_factory=list)
     finished_req_ids: list[str] = dataclasses.field(default_factory=list)
-    num_padding_tokens: int = 0
+    num_padding_tokens: int = 0              # sum of the scheduled requests' padding rows
 
     @property
     def is_empty(self) -> bool:
         return not self.scheduled
+
+    @property
+    def num_computed_slots(self) -> int:
+        """Token rows the runner computes: real tokens plus padding."""
+        return self.num_scheduled_tokens + self.num_padding_tokens
 
 
 @dataclasses.dataclass

@@ -25,6 +25,7 @@ class RunnerStats:
     prepare_s: float = 0.0      # building the padded host batch
     padded_tokens: int = 0      # bucket padding (not scheduling padding)
     real_tokens: int = 0
+    scheduling_padding_tokens: int = 0   # static batching's padding rows, computed
     compiled_shapes: set = dataclasses.field(default_factory=set)
 
     @property
@@ -60,8 +61,13 @@ class JaxRunner:
     # ---- host side -------------------------------------------------------------------------
     def prepare(self, sched_out: SchedulerOutput) -> tuple[dict, tuple]:
         reqs = sched_out.scheduled
-        n_tok = sched_out.num_scheduled_tokens
+        # Static batching's padding rows are computed too (see core/sched_output.py).
+        n_tok = sched_out.num_scheduled_tokens + sched_out.num_padding_tokens
         max_blocks = max(len(r.block_ids) for r in reqs)
+        if sched_out.num_padding_tokens:
+            ctx = max(r.start_pos + len(r.token_ids) + r.num_padding_tokens for r in reqs)
+            max_blocks = min(max(max_blocks, -(-ctx // self.block_size)),
+                             self.max_blocks_per_seq)
         T, S, B = self.buckets.pick(n_tok, len(reqs), max_blocks)
         bs = self.block_size
         pad_slot = self.num_kv_blocks * bs
@@ -89,9 +95,18 @@ class JaxRunner:
             qsl[i] = off
             seq_lens[i] = r.start_pos + n
             tables[i, :len(blocks)] = blocks
-            logits_idx[i] = end - 1
+            logits_idx[i] = max(end - 1, off)
             temperature[i], top_k[i], top_p[i], seeds[i] = r.sampling
             token_index[i] = r.token_index
+            npad = r.num_padding_tokens
+            if npad:
+                # Dummy rows after the real ones, in the same sequence: they attend over its
+                # context like padded positions do, write to the pad slot, sample nothing.
+                last = self.max_blocks_per_seq * bs - 1
+                positions[end:end + npad] = np.minimum(
+                    np.arange(r.start_pos + n, r.start_pos + n + npad, dtype=np.int32), last)
+                seq_lens[i] += npad
+                end += npad
             off = end
         batch = dict(token_ids=token_ids, positions=positions, slot_mapping=slots,
                      query_start_loc=qsl, seq_lens=seq_lens, block_tables=tables,
@@ -116,7 +131,8 @@ class JaxRunner:
         st.prepare_s += t1 - t0
         st.device_s += t2 - t1
         st.real_tokens += sched_out.num_scheduled_tokens
-        st.padded_tokens += shape[0] - sched_out.num_scheduled_tokens
+        st.scheduling_padding_tokens += sched_out.num_padding_tokens
+        st.padded_tokens += shape[0] - sched_out.num_computed_slots
         st.compiled_shapes.add(shape)
         sampled, lps = {}, {}
         for i, r in enumerate(sched_out.scheduled):
