@@ -56,7 +56,8 @@ def _ragged_kernel(meta_ref, bt_ref, q_ref, k_ref, v_ref, o_in_ref, o_ref, *, bl
     """One (query tile j, KV head h) program.
 
     meta_ref [4, N]: per tile (seq id, first row, number of rows, position of first row);
-    bt_ref [S, P_pad]; q_ref [T, Gq, D] (KV head h's query heads); k_ref, v_ref
+    bt_ref [S, max_pages] (ids clamped into the pool here); q_ref [T, Gq, D] (KV head h's
+    query heads); k_ref, v_ref
     [num_pages, page_size, D]; o_ref [T, Gq, D] (aliased with o_in_ref when chaining):
     only the tile's rows are written.
     """
@@ -69,6 +70,8 @@ def _ragged_kernel(meta_ref, bt_ref, q_ref, k_ref, v_ref, o_in_ref, o_ref, *, bl
     block_kv = pages_per_tile * page_size
     head_dim = q_ref.shape[-1]
     rows = block_q * group_rows
+    max_pages = bt_ref.shape[1]
+    num_pages = k_ref.shape[0]
 
     row_ok = lax.broadcasted_iota(jnp.int32, (block_q,), 0) < nrows
     q = _compat.load(q_ref.at[pl.ds(row_start, block_q)], mask=row_ok[:, None, None],
@@ -82,7 +85,10 @@ def _ragged_kernel(meta_ref, bt_ref, q_ref, k_ref, v_ref, o_in_ref, o_ref, *, bl
 
     def step(t, carry, masked):
         acc, m_prev, l_prev = carry
-        page_ids = bt_ref[seq, pl.ds(t * pages_per_tile, pages_per_tile)]
+        idx = t * pages_per_tile + lax.broadcasted_iota(jnp.int32, (pages_per_tile,), 0)
+        page_ids = _compat.load(bt_ref.at[seq, pl.ds(t * pages_per_tile, pages_per_tile)],
+                                mask=idx < max_pages, other=0)
+        page_ids = jnp.clip(page_ids, 0, num_pages - 1)
         k = k_ref[page_ids].reshape(block_kv, head_dim)
         v = v_ref[page_ids].reshape(block_kv, head_dim)
         s = lax.dot_general(q, k, (((1,), (1,)), ((), ())), precision=precision,
@@ -188,19 +194,14 @@ def tile_plan(num_tokens: int, num_slots: int, group: int, block_q_rows: int):
 def _ragged_pallas(q, k_pages, v_pages, block_tables, seq_lens, query_start_loc, num_seqs,
                    *, sm_scale, block_q_rows, block_kv, num_warps, num_stages, interpret):
     num_tokens, num_heads, head_dim = q.shape
-    num_kv_heads, num_pages, page_size, _ = k_pages.shape
+    num_kv_heads, _, page_size, _ = k_pages.shape
     num_slots, max_pages = block_tables.shape
     group = num_heads // num_kv_heads
     group_rows = _next_pow2(group)
-    pages_per_tile = block_kv // page_size
-    padded_pages = -(-max_pages // pages_per_tile) * pages_per_tile
 
     qg = q.reshape(num_tokens, num_kv_heads, group, head_dim)
     if group_rows != group:
         qg = jnp.pad(qg, ((0, 0), (0, 0), (0, group_rows - group), (0, 0)))
-    bt = jnp.clip(block_tables, 0, num_pages - 1)
-    if padded_pages != max_pages:
-        bt = jnp.pad(bt, ((0, 0), (0, padded_pages - max_pages)))
     lens = jnp.clip(seq_lens, 0, max_pages * page_size)
     num_seqs = jnp.clip(jnp.asarray(num_seqs, jnp.int32).reshape(()), 0, num_slots)
     qsl = query_start_loc.astype(jnp.int32)
@@ -212,7 +213,7 @@ def _ragged_pallas(q, k_pages, v_pages, block_tables, seq_lens, query_start_loc,
             continue
         meta = query_tiles(qsl, lens, num_seqs, block_q=block_q, min_q_len=lo, max_q_len=hi,
                            num_tiles=n)
-        out = _ragged_call(meta, bt, qg, k_pages, v_pages, out, block_q=block_q,
+        out = _ragged_call(meta, block_tables, qg, k_pages, v_pages, out, block_q=block_q,
                            block_kv=block_kv, scale_log2=float(sm_scale) * LOG2E,
                            num_warps=num_warps, num_stages=num_stages, interpret=interpret)
     out = out[:, :, :group, :].reshape(num_tokens, num_heads, head_dim)

@@ -191,3 +191,14 @@ def test_bad_arguments_raise_value_error(override, name, words):
 def test_bad_tuning_arguments(kw, name):
     with pytest.raises(ValueError, match=name):
         ragged_paged_attention(**_good(), interpret=True, **kw)
+
+
+def test_garbage_table_entries_past_length_are_ignored():
+    rng = np.random.default_rng(8)
+    args = ragged_case(rng, [5, 1], [20, 3], num_heads=8, num_kv_heads=2, head_dim=64,
+                       page_size=16, num_tokens=16, num_slots=3, max_pages=3)
+    bt = args[3]
+    bad = bt.at[0, 2].set(-7).at[1, 1:].set(jnp.asarray([999, -1], jnp.int32))
+    bad = bad.at[2].set(jnp.asarray([5000, -3, 7], jnp.int32))
+    out = ragged_paged_attention(*args[:3], bad, *args[4:], interpret=True)
+    assert_close(out, ragged_paged_attention_reference(*args), F32, "garbage ids")
