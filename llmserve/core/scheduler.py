@@ -462,8 +462,10 @@ class Scheduler:
         caching = self.config.enable_prefix_caching
         bs = self.config.block_size
         added = 0
+        max_len = self.config.max_model_len
+        preempted = RequestStatus.PREEMPTED
         for req, n in self._scheduled:
-            if req.is_finished:      # aborted while the step ran
+            if req.status > preempted:      # aborted while the step ran
                 continue
             c = req.num_computed_tokens + n
             req.num_computed_tokens = c
@@ -473,12 +475,20 @@ class Scheduler:
             tok = sampled.get(req.request_id)
             if tok is None:
                 continue
-            req.token_ids.append(tok)
-            if req.sampling_params.logprobs:
+            toks = req.token_ids
+            toks.append(tok)
+            sp = req.sampling_params
+            if sp.logprobs:
                 req.output_logprobs.append(logprobs.get(req.request_id, float("nan")))
             req.token_times.append(now)
             if req.first_token_time is None:
                 req.first_token_time = now
+            nt = len(toks)
+            # Fast path: most tokens stop nothing.
+            if nt - req.num_prompt_tokens < sp.max_tokens and nt < max_len and \
+                    tok not in sp.stop_token_ids and tok not in req.eos_token_ids:
+                changed.append(req)
+                continue
             status = self._stop_status(req, tok)
             if status is not None:
                 self._kv_tokens += added

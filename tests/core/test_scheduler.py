@@ -53,14 +53,14 @@ def test_random_workloads_hold_invariants(policy):
             except ValueError:
                 pass  # too big for the pool: rejected at the door
 
-        def check(s, out):
+        def check(s, out, cfg=cfg):
             assert out.num_scheduled_tokens <= cfg.max_num_batched_tokens
             assert len(s.running) <= cfg.max_num_seqs
             owned = [b for r in s.running for b in r.block_ids]
             assert len(owned) == len(set(owned)), "a block owned twice"
             assert len(owned) + s.block_manager.num_free_blocks == cfg.num_kv_blocks
             for sr in out.scheduled:
-                assert len(sr.token_ids) > 0
+                assert len(sr.token_ids) > 0 and sr.num_padding_tokens == 0
 
         run(sched, MockRunner(), check)
         sched.block_manager.check_all_free()
@@ -140,6 +140,15 @@ def test_abort_between_schedule_and_update():
     ("max_num_batched_tokens", 8, "max_num_batched_tokens must be >= block_size"),
     ("max_num_seqs", 0, "max_num_seqs must be an int >= 1"),
     ("queue_policy", "lifo", "queue_policy must be one of"),
+    ("kv_allocation", "contiguous", "kv_allocation must be one of"),
+    ("batching", "dynamic", "batching must be one of"),
+    ("preemption_victim", "oldest", "preemption_victim must be one of"),
+    ("static_batch_size", 0, "static_batch_size must be an int >= 1"),
+    ("aging_rate", -1.0, "aging_rate must be a float >= 0"),
+    ("length_bins", (500, 50), "length_bins must be increasing"),
+    ("predictor", "magic", "predictor must be one of"),
+    ("queue_policy", "shortest_first", "predictor must be set"),
+    ("kv_allocation", "reserve_predicted", "predictor must be set"),
 ])
 def test_bad_config_names_the_knob(field, value, match):
     with pytest.raises(ValueError, match=match):
@@ -151,3 +160,39 @@ def test_request_too_big_for_pool_is_rejected_at_add():
     with pytest.raises(ValueError, match="needs 5 KV blocks"):
         sched.add_request(make_req(0, 70, 10))
     assert not sched.has_unfinished()
+
+
+@pytest.mark.parametrize("preset", ["static", "continuous"])
+def test_unchunked_presets_need_a_budget_for_whole_prompts(preset):
+    with pytest.raises(ValueError, match="max_num_batched_tokens must be >= max_model_len"):
+        SchedulerConfig.for_policy(preset, max_num_batched_tokens=512, max_model_len=2048)
+
+
+def test_static_batching_needs_reserved_kv():
+    with pytest.raises(ValueError, match="kv_allocation must be 'reserve_max'"):
+        SchedulerConfig.for_policy("static", max_num_batched_tokens=2048, kv_allocation="paged")
+
+
+def test_presets_set_the_documented_knobs():
+    s = SchedulerConfig.for_policy("static", max_num_batched_tokens=2048)
+    assert (s.batching, s.chunked_prefill, s.queue_policy, s.kv_allocation) == \
+        ("static", False, "fcfs", "reserve_max")
+    c = SchedulerConfig.for_policy("continuous", max_num_batched_tokens=2048)
+    assert (c.batching, c.chunked_prefill, c.kv_allocation) == ("continuous", False, "paged")
+    p = SchedulerConfig.for_policy("predictive", kv_allocation="reserve_predicted")
+    assert (p.chunked_prefill, p.queue_policy, p.kv_allocation, p.predictor) == \
+        (True, "shortest_first", "reserve_predicted", "oracle")
+
+
+def test_engine_config_rejects_bad_knobs_when_built():
+    from llmserve.config import EngineConfig
+    with pytest.raises(ValueError, match="queue_policy must be one of"):
+        EngineConfig(queue_policy="lifo")
+    with pytest.raises(ValueError, match="aging_rate must be a float >= 0"):
+        EngineConfig(policy="predictive", aging_rate=-0.5)
+    with pytest.raises(ValueError, match="static_batch_size must be an int >= 1"):
+        EngineConfig(policy="static", max_num_batched_tokens=2048, static_batch_size=0)
+    with pytest.raises(ValueError, match="'enable_prefix_caching' must be bool"):
+        EngineConfig(enable_prefix_caching="yes")
+    cfg = EngineConfig(policy="predictive", length_bins="20,200", queue_policy="length_bins")
+    assert cfg.scheduler_config(10).length_bins == (20, 200)
