@@ -214,6 +214,9 @@ def main(argv):
         finally:
             hf.close()
     results["machine"]["loadavg_end"] = os.getloadavg()
+    results["machine"]["busy"] = any(
+        run["loadavg"] > 1.25 * (os.cpu_count() or 1)
+        for r in results["cases"].values() for run in r["runs"])
     print_table(results, c)
     out = os.path.join(_WORKDIR.value, "engine_bench.json")
     with open(out, "w") as f:
@@ -269,7 +272,14 @@ def print_table(results: dict, c) -> None:
     print("host ovh: share of our wall time outside the jitted step (scheduling, batch "
           "building, outputs); compiles: warm-up + timed; HF pad: decode slots spent on "
           "padding by static batching; same greedy: requests whose tokens equal transformers'.")
-    print(f"total compiled step executables: {results.get('total_compiles')}")
+    print(f"total compiled step executables: {results.get('total_compiles')}; transformers "
+          f"static batch size: {c.hf.batch_size or 'whole case'}")
+    loads = [run["loadavg"] for r in results["cases"].values() for run in r["runs"]]
+    cpus = results["machine"]["cpus"] or 1
+    if loads and max(loads) > 1.25 * cpus:
+        print(f"WARNING: the machine was busy (1-min load average up to {max(loads):.1f} on "
+              f"{cpus} CPUs). torch's OpenMP threads slow down far more than XLA's when "
+              "oversubscribed, so these ratios flatter us; rerun on an idle machine.")
 
 
 if __name__ == "__main__":
