@@ -116,6 +116,7 @@ def test_llama3_rope_scaling_is_exercised():
     n = len(prompt)
     md = dense_metadata([n], 16, 8)
     plain = cfg.replace(rope_scaling=None)
-    logits, _ = forward(params, plain, np.asarray(prompt, np.int32), np.arange(n, dtype=np.int32),
-                        init_kv_cache(plain, 8, 16), md)
+    fwd = jax.jit(forward, static_argnames=("cfg",))
+    logits, _ = fwd(params, plain, np.asarray(prompt, np.int32), np.arange(n, dtype=np.int32),
+                    init_kv_cache(plain, 8, 16), md)
     assert float(np.abs(np.asarray(logits) - _golden("llama")["logits_7"]).max()) > 1e-2
