@@ -11,6 +11,7 @@ update_from_output(), perf_counter_ns):
 """
 from __future__ import annotations
 
+import gc
 import random
 
 from llmserve.core.request import Request
@@ -103,7 +104,22 @@ def lifetime(preset: str, num_requests: int = 2000, output_len: int = 200,
 
 def run(presets=PRESETS, sizes=(64, 256, 1024, 4096), num_waiting: int = 10_000,
         measure_steps: int = 50, trace_requests: int = 2000, trace_output_len: int = 200,
-        log=print) -> dict:
+        log=print, disable_gc: bool = False) -> dict:
+    """disable_gc: measure with Python's cyclic garbage collector off. Its full collections
+    scan every live object, so their cost grows with the number of live requests; with it off
+    the scheduler's own cost per request-step is what remains."""
+    was = gc.isenabled()
+    if disable_gc:
+        gc.disable()
+    try:
+        return _run(presets, sizes, num_waiting, measure_steps, trace_requests,
+                    trace_output_len, log)
+    finally:
+        if was:
+            gc.enable()
+
+
+def _run(presets, sizes, num_waiting, measure_steps, trace_requests, trace_output_len, log):
     rows, life = [], []
     for p in presets:
         for n in sizes:
