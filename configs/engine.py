@@ -17,6 +17,8 @@ def get_config():
     c.attention_impl = "reference"      # reference | pallas | pallas_interpret
     c.seed = 0                          # dummy weights and default sampling seeds
     c.warmup = False                    # compile every padding bucket before serving
+    c.trace_log = ""                    # append a JSONL record per finished request (the
+                                        # length predictor's data); "" = no log
     # Scheduler knobs; None (placeholder) = the value of the `policy` preset.
     ph = ml_collections.config_dict.placeholder
     c.chunked_prefill = ph(bool)        # may a prompt be split across steps

@@ -36,6 +36,8 @@ class EngineConfig:
     attention_impl: str = "reference"   # reference (plain jnp) | pallas | pallas_interpret
     seed: int = 0                       # dummy weights and default per-request sampling seeds
     warmup: bool = False                # compile every bucket shape at start
+    trace_log: str = ""                 # JSONL file: one record per finished request
+    #                                     (predictor training data); "" = off
     # Scheduler knobs (core/scheduler.py): None = the value of the `policy` preset.
     chunked_prefill: bool | None = None         # may a prompt be split across steps
     queue_policy: str | None = None             # fcfs | shortest_first | length_bins

@@ -68,6 +68,10 @@ class LLMEngine:
         self.runner = runner
         self._counter = itertools.count()
         self.step_times: list[float] = []
+        self._trace_log = None
+        if config.trace_log:
+            from llmserve.workload.trace_log import TraceLogWriter
+            self._trace_log = TraceLogWriter(config.trace_log)
 
     def _auto_num_blocks(self) -> int:
         from llmserve.model.kv_cache import kv_bytes_per_block
@@ -122,6 +126,8 @@ class LLMEngine:
 
     def abort(self, request_id: str) -> RequestOutput | None:
         req = self.scheduler.abort(request_id, self.clock())
+        if req is not None and self._trace_log is not None:
+            self._log_finished([req])
         return None if req is None else self._output(req)
 
     def has_unfinished(self) -> bool:
@@ -141,7 +147,16 @@ class LLMEngine:
         runner_out = self.runner.execute(sched_out)
         now = self.clock()
         self.step_times.append(now - t0)
-        return self.scheduler.update_from_output(sched_out, runner_out, now)
+        changed = self.scheduler.update_from_output(sched_out, runner_out, now)
+        if self._trace_log is not None:
+            self._log_finished(changed)
+        return changed
+
+    def _log_finished(self, requests) -> None:
+        from llmserve.workload.trace_log import record_from_request
+        for r in requests:
+            if r.is_finished:
+                self._trace_log.write(record_from_request(r))
 
     def _output(self, req: Request) -> RequestOutput:
         text = None
@@ -152,7 +167,7 @@ class LLMEngine:
 
 _LLM_KWARGS = ("dtype", "max_num_seqs", "max_num_batched_tokens", "block_size", "num_kv_blocks",
                "max_model_len", "policy", "attention_impl", "seed", "load_format",
-               "kv_cache_memory_bytes", "warmup") + SCHEDULER_KNOBS
+               "kv_cache_memory_bytes", "warmup", "trace_log") + SCHEDULER_KNOBS
 
 
 class LLM:

@@ -49,6 +49,16 @@ def record_from_output(out) -> dict:
                        arrival_s=m.arrival_time, ttft_s=m.ttft, e2e_s=m.e2e)
 
 
+def record_from_request(req) -> dict:
+    """A trace record from a finished core Request (read by attribute: no import of core)."""
+    fr = req.finish_reason
+    ttft = None if req.first_token_time is None else req.first_token_time - req.arrival_time
+    e2e = None if req.finish_time is None else req.finish_time - req.arrival_time
+    return make_record(req.request_id, req.prompt_token_ids, req.num_output_tokens,
+                       prompt_text=req.prompt_text, finish_reason=None if fr is None else fr.value,
+                       arrival_s=req.arrival_time, ttft_s=ttft, e2e_s=e2e)
+
+
 def validate_record(rec) -> None:
     """ValueError naming the first wrong field."""
     if not isinstance(rec, dict):
