@@ -128,17 +128,17 @@ def main(argv):
 
     res["copy_bandwidth_gbs"] = copy_bandwidth() / 1e9
     save()
+    res["rows"] = []
+    for name in _MODELS.value:
+        res["rows"] += bench_model(name, _IMPLS.value, _BATCH.value, _CONTEXT.value,
+                                   _STEPS.value, res["copy_bandwidth_gbs"] * 1e9)
+        save()
     try:
         res["greedy_agreement"] = greedy_agreement(_IMPLS.value)
     except Exception as e:
         logging.exception("greedy agreement failed")
         res["greedy_agreement"] = {"error": f"{type(e).__name__}: {e}"[:2000]}
     save()
-    res["rows"] = []
-    for name in _MODELS.value:
-        res["rows"] += bench_model(name, _IMPLS.value, _BATCH.value, _CONTEXT.value,
-                                   _STEPS.value, res["copy_bandwidth_gbs"] * 1e9)
-        save()
     print(f"\n{res['device']}, jax {res['jax']}, copy bandwidth "
           f"{res['copy_bandwidth_gbs']:.0f} GB/s; greedy agreement: {res['greedy_agreement']}")
     print(f"{'model':>10} {'impl':>10} {'step ms':>9} {'tok/s':>9} {'host ms':>8} {'MBU':>6} "

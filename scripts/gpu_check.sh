@@ -88,7 +88,8 @@ fi
 
 if [[ -f "$ROOT/scripts/engine_gpu_bench.py" ]]; then
   left=$(( TOTAL_BUDGET_S - $(elapsed) ))
-  t=$(( left < 150 ? left : 150 ))
+  cap="${ENGINE_TIMEOUT_S:-150}"
+  t=$(( left < cap ? left : cap ))
   if (( t >= 30 )); then
     say "engine bench (timeout ${t}s)"
     t0=$(date +%s)
