@@ -33,7 +33,7 @@ install: $(STAMP)
 install-dev: $(DEV_STAMP)
 
 demo: $(STAMP)
-	$(PY) scripts/generate.py --config=configs/generate.py
+	$(PY) scripts/benchmark.py --config=configs/benchmark.py --workdir=results/demo
 
 test: $(DEV_STAMP)
 	$(PY) -m pytest -q -m "not slow" tests

@@ -17,6 +17,8 @@ setup(
         "ml-collections",
         "safetensors",
         "tokenizers",
+        "scipy",        # cost-model fit (llmserve.sim)
+        "matplotlib",   # benchmark figures (llmserve.metrics.report)
     ],
     extras_require={
         "cuda12": ["jax[cuda12]>=0.11,<0.13"],

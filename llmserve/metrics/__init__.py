@@ -1,0 +1,1 @@
+"""Serving metrics: per-request/per-step records, summaries, and reports."""

@@ -1,0 +1,117 @@
+"""Per-request and per-step records of a run, gathered cheaply while it runs.
+
+Requests are recorded when they finish (their Request object is then dropped, so a long
+trace does not keep every token list alive); steps are recorded by a wrapper around the
+engine's runner, which is also what advances a virtual clock.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+class RequestRecords:
+    FIELDS = ("arrival", "first_scheduled", "first_token", "finish", "prompt_len", "output_len",
+              "preemptions", "cached_tokens")
+
+    def __init__(self):
+        self.rows: list[tuple] = []
+        self.itl_gaps: list[np.ndarray] = []
+
+    def add(self, req) -> None:
+        self.rows.append((req.arrival_time, req.first_scheduled_time, req.first_token_time,
+                          req.finish_time, req.num_prompt_tokens, req.num_output_tokens,
+                          req.num_preemptions, req.num_cached_tokens))
+        tt = req.token_times
+        if len(tt) > 1:
+            self.itl_gaps.append(np.diff(np.asarray(tt, np.float64)))
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        if not self.rows:
+            return {f: np.zeros(0) for f in self.FIELDS} | {"itl": np.zeros(0)}
+        cols = list(zip(*self.rows))
+        out = {f: np.array([np.nan if v is None else v for v in col], np.float64)
+               for f, col in zip(self.FIELDS, cols)}
+        out["itl"] = np.concatenate(self.itl_gaps) if self.itl_gaps else np.zeros(0)
+        return out
+
+
+class StepRecords:
+    FIELDS = ("start", "step_time", "tokens", "padding", "seqs", "kv_used_blocks", "waiting",
+              "flops", "bytes")
+
+    def __init__(self):
+        self.cols: dict[str, list] = {f: [] for f in self.FIELDS}
+        # Sampled every few steps (a pass over the running requests): KV slots reserved by
+        # running requests and those actually holding a token.
+        self.kv_reserved_slots: list[int] = []
+        self.kv_used_slots: list[int] = []
+
+    @property
+    def num_steps(self) -> int:
+        return len(self.cols["start"])
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        out = {f: np.asarray(v, np.float64) for f, v in self.cols.items()}
+        out["kv_reserved_slots"] = np.asarray(self.kv_reserved_slots, np.float64)
+        out["kv_used_slots"] = np.asarray(self.kv_used_slots, np.float64)
+        return out
+
+
+class StepRecorder:
+    """Wraps a runner: records each step, and advances a virtual clock by the step's time.
+
+    counter: a CostModel without buckets whose counts() give the useful FLOPs and bytes of a
+    step (for MFU/MBU); a SimRunner that already computed them is reused.
+    """
+
+    def __init__(self, runner, scheduler, records: StepRecords, clock=None, counter=None):
+        self.runner = runner
+        self.scheduler = scheduler
+        self.records = records
+        self.clock = clock
+        self.counter = counter
+        self._reuse_counts = (getattr(runner, "last_counts", "absent") != "absent"
+                              and getattr(getattr(runner, "cost_model", None), "buckets",
+                                          True) is None)
+        c = records.cols
+        self._append = (c["start"].append, c["step_time"].append, c["tokens"].append,
+                        c["padding"].append, c["seqs"].append, c["kv_used_blocks"].append,
+                        c["waiting"].append, c["flops"].append, c["bytes"].append)
+
+    def execute(self, sched_out):
+        clock = self.clock
+        start = clock.t if clock is not None else None
+        out = self.runner.execute(sched_out)
+        dt = out.step_time_s
+        if clock is not None:
+            clock.t += dt
+        else:
+            import time
+            start = time.perf_counter() - dt
+        if self._reuse_counts:
+            counts = self.runner.last_counts
+        elif self.counter is not None:
+            counts = self.counter.counts(sched_out)
+        else:
+            counts = (0.0, 0.0, 0.0, 0.0, 0)
+        sch = self.scheduler
+        a = self._append
+        a[0](start)
+        a[1](dt)
+        a[2](sched_out.num_scheduled_tokens)
+        a[3](sched_out.num_padding_tokens)
+        a[4](len(sched_out.scheduled))
+        a[5](sch.block_manager.num_used_blocks)
+        a[6](len(sch.waiting))
+        a[7](counts[0] + counts[2])
+        a[8](counts[1] + counts[3])
+        return out
+
+    def sample_kv(self) -> None:
+        bs = self.scheduler.config.block_size
+        reserved = used = 0
+        for r in self.scheduler.running:
+            reserved += len(r.block_ids) * bs
+            used += r.num_computed_tokens
+        self.records.kv_reserved_slots.append(reserved)
+        self.records.kv_used_slots.append(min(used, reserved))

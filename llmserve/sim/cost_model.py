@@ -1,0 +1,188 @@
+"""Roofline step time of a SchedulerOutput from the model's shapes.
+
+    time = step_overhead + per_seq_overhead * seqs
+         + max(linear FLOPs / (peak * e_lc), (weight + activation bytes) / (bw * e_lm))
+         + max(attention FLOPs / (peak * e_ac), KV bytes read and written / (bw * e_am))
+
+Linear layers read every weight once per step whatever the batch (why decode is memory bound
+and batching pays); the LM head runs only for rows that sample. Attention of a request with q
+new tokens over a context of c reads its c cached K/V and computes q*c - q(q-1)/2
+query-key pairs (causal). Static batching's padding slots are computed like real tokens.
+
+With `buckets` (the JaxRunner's padding buckets) the counts are those of the padded batch the
+reference runner really executes: tokens padded to a bucket, and every query gathering the
+whole padded block table (how the plain-jnp reference attention works). `fit()` calibrates the
+six factors from measured step times.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from llmserve.model.config import ModelConfig
+from llmserve.sim.hardware import HardwareProfile
+
+_DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+FACTORS = ("linear_compute", "linear_memory", "attn_compute", "attn_memory",
+           "step_overhead_s", "per_seq_overhead_s")
+
+
+@dataclasses.dataclass(frozen=True)
+class Efficiency:
+    # Defaults for a well-tuned GPU serving stack, taken as round figures before any fit:
+    # large bf16 GEMMs reach ~70% of dense peak, weight streaming ~80% of HBM bandwidth,
+    # paged attention ~50% of peak / ~70% of bandwidth; ~0.5 ms of launch and host work per
+    # step plus ~2 us per sequence for building its metadata.
+    linear_compute: float = 0.70
+    linear_memory: float = 0.80
+    attn_compute: float = 0.50
+    attn_memory: float = 0.70
+    step_overhead_s: float = 5e-4
+    per_seq_overhead_s: float = 2e-6
+
+    def __post_init__(self):
+        for f in FACTORS[:4]:
+            v = getattr(self, f)
+            if not v > 0:
+                raise ValueError(f"cost model efficiency {f} must be > 0, got {v}")
+        for f in FACTORS[4:]:
+            if getattr(self, f) < 0:
+                raise ValueError(f"cost model {f} must be >= 0, got {getattr(self, f)}")
+
+
+class CostModel:
+    def __init__(self, model: ModelConfig, hardware: HardwareProfile,
+                 efficiency: Efficiency | None = None, buckets=None, block_size: int = 16):
+        self.model = model
+        self.hardware = hardware
+        self.efficiency = efficiency or Efficiency()
+        self.buckets = buckets
+        self.block_size = block_size
+        m = model
+        self.dtype_bytes = _DTYPE_BYTES[m.dtype]
+        h, i, L = m.hidden_size, m.intermediate_size, m.num_layers
+        layer_params = h * (m.q_size + 2 * m.kv_size) + m.q_size * h + 3 * h * i
+        self.linear_flops_per_token = 2.0 * L * layer_params
+        self.head_flops_per_row = 2.0 * h * m.vocab_size
+        self.weight_bytes = float(m.num_params() * self.dtype_bytes)
+        # Activations in and out of each linear layer, per token.
+        acts = (h + m.q_size + 2 * m.kv_size) + (m.q_size + h) + (h + 2 * i) + (i + h)
+        self.act_bytes_per_token = float(L * acts * self.dtype_bytes)
+        self.attn_flops_per_pair = 4.0 * L * m.num_heads * m.head_dim
+        self.kv_bytes_per_token = float(2 * L * m.kv_size * self.dtype_bytes)
+        self._set_rates()
+
+    def _set_rates(self):
+        e, hw = self.efficiency, self.hardware
+        self._inv = (1.0 / (hw.peak_flops * e.linear_compute),
+                     1.0 / (hw.mem_bandwidth * e.linear_memory),
+                     1.0 / (hw.peak_flops * e.attn_compute),
+                     1.0 / (hw.mem_bandwidth * e.attn_memory))
+
+    def with_efficiency(self, efficiency: Efficiency) -> CostModel:
+        return CostModel(self.model, self.hardware, efficiency, self.buckets, self.block_size)
+
+    # ---- counting -------------------------------------------------------------------------------
+    def counts(self, sched_out) -> tuple[float, float, float, float, int]:
+        """(linear FLOPs, linear bytes, attention FLOPs, attention bytes, sequences)."""
+        tokens = pairs = ctx = 0
+        samples = pad = 0
+        for s in sched_out.scheduled:
+            q = len(s.token_ids)
+            p = s.num_padding_tokens
+            c = s.start_pos + q
+            tokens += q + p
+            pad += p
+            pairs += (q + p) * c - (q * (q - 1) >> 1)
+            ctx += c
+            samples += s.sample
+        nseq = len(sched_out.scheduled)
+        extra = sched_out.num_padding_tokens - pad     # padding not attributed to a request
+        if extra > 0 and nseq:
+            tokens += extra
+            pairs += extra * ctx / nseq
+        kv_read = ctx
+        if self.buckets is not None and nseq:
+            max_blocks = max(len(s.block_ids) for s in sched_out.scheduled)
+            try:
+                t_pad, s_pad, b_pad = self.buckets.pick(tokens, nseq, max_blocks)
+            except ValueError:      # static padding beyond the largest bucket: count as is
+                t_pad, s_pad, b_pad = tokens, nseq, max_blocks
+            tokens, samples = t_pad, s_pad
+            pairs = kv_read = t_pad * b_pad * self.block_size
+        return (tokens * self.linear_flops_per_token + samples * self.head_flops_per_row,
+                self.weight_bytes + tokens * self.act_bytes_per_token,
+                pairs * self.attn_flops_per_pair,
+                (kv_read + tokens) * self.kv_bytes_per_token,
+                nseq)
+
+    def time_from_counts(self, c) -> float:
+        a, b, d, f = self._inv
+        e = self.efficiency
+        lin_f, lin_b, att_f, att_b, nseq = c
+        return (e.step_overhead_s + e.per_seq_overhead_s * nseq
+                + max(lin_f * a, lin_b * b) + max(att_f * d, att_b * f))
+
+    def step_time(self, sched_out) -> float:
+        return self.time_from_counts(self.counts(sched_out))
+
+    # ---- memory ---------------------------------------------------------------------------------
+    def num_kv_blocks(self, block_size: int, memory_utilization: float = 0.9,
+                      activation_reserve_bytes: float = 4e9) -> int:
+        """KV blocks that fit in the memory left after the weights (and a reserve for
+        activations), as vLLM sizes its pool from gpu_memory_utilization."""
+        free = (self.hardware.memory_bytes * memory_utilization - self.weight_bytes
+                - activation_reserve_bytes)
+        n = int(free // (self.kv_bytes_per_token * block_size))
+        if n < 1:
+            raise ValueError(f"model {self.weight_bytes / 1e9:.1f} GB does not leave room for a "
+                             f"KV cache on {self.hardware.name}")
+        return n
+
+    # ---- calibration ----------------------------------------------------------------------------
+    def fit(self, counts: list, times: list, restarts: int = 8, seed: int = 0):
+        """Efficiency factors minimising the relative squared error of predicted step times.
+
+        counts: `self.counts(sched_out)` of each measured step; times: its measured seconds.
+        Returns (fitted CostModel, report dict with the mean/max relative error).
+        """
+        from scipy.optimize import least_squares
+
+        c = np.asarray(counts, float)
+        t = np.asarray(times, float)
+        if len(c) < len(FACTORS) or len(c) != len(t):
+            raise ValueError(f"fit needs >= {len(FACTORS)} (counts, time) pairs of equal "
+                             f"length, got {len(c)} and {len(t)}")
+        if (t <= 0).any():
+            raise ValueError("fit: measured step times must be > 0")
+        hw = self.hardware
+        # x = seconds per unit of each term; positive, fitted in log space.
+        cols = [c[:, 0] / hw.peak_flops, c[:, 1] / hw.mem_bandwidth, c[:, 2] / hw.peak_flops,
+                c[:, 3] / hw.mem_bandwidth]
+
+        def predict(x):
+            return (x[4] + x[5] * c[:, 4] + np.maximum(cols[0] * x[0], cols[1] * x[1])
+                    + np.maximum(cols[2] * x[2], cols[3] * x[3]))
+
+        def resid(logx):
+            return predict(np.exp(logx)) / t - 1.0
+
+        e = self.efficiency
+        x0 = np.array([1 / e.linear_compute, 1 / e.linear_memory, 1 / e.attn_compute,
+                       1 / e.attn_memory, max(e.step_overhead_s, 1e-6),
+                       max(e.per_seq_overhead_s, 1e-9)])
+        rng = np.random.default_rng(seed)
+        best = None
+        for k in range(restarts):
+            start = np.log(x0) + (rng.normal(0, 2.0, 6) if k else 0.0)
+            r = least_squares(resid, start, method="trf", bounds=(-40, 40))
+            if best is None or r.cost < best.cost:
+                best = r
+        x = np.exp(best.x)
+        fitted = Efficiency(1 / x[0], 1 / x[1], 1 / x[2], 1 / x[3], float(x[4]), float(x[5]))
+        rel = np.abs(predict(x) / t - 1.0)
+        return self.with_efficiency(fitted), {
+            "num_steps": len(t), "mean_abs_rel_error": float(rel.mean()),
+            "p90_abs_rel_error": float(np.percentile(rel, 90)),
+            "efficiency": dataclasses.asdict(fitted)}

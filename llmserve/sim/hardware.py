@@ -1,0 +1,61 @@
+"""Accelerator profiles: dense bf16 peak FLOP/s, HBM bandwidth and memory (vendor datasheets)."""
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class HardwareProfile:
+    name: str
+    peak_flops: float       # dense (no sparsity) bf16 FLOP/s
+    mem_bandwidth: float    # bytes/s
+    memory_bytes: float
+
+
+PROFILES = {
+    # NVIDIA A100 80GB SXM: 312 TFLOP/s bf16 dense, 2,039 GB/s HBM2e.
+    "a100-80gb": HardwareProfile("a100-80gb", 312e12, 2.039e12, 80e9),
+    # NVIDIA H100 SXM5 80GB: 989 TFLOP/s bf16 dense, 3.35 TB/s HBM3.
+    "h100-80gb": HardwareProfile("h100-80gb", 989e12, 3.35e12, 80e9),
+    # NVIDIA H200 SXM 141GB: same compute as H100, 4.8 TB/s HBM3e.
+    "h200": HardwareProfile("h200", 989e12, 4.8e12, 141e9),
+}
+
+
+def get_hardware(name: str) -> HardwareProfile:
+    key = name.lower()
+    if key == "cpu":
+        return measure_cpu()
+    if key not in PROFILES:
+        raise ValueError(f"hardware must be one of {sorted(PROFILES) + ['cpu']}, got {name!r}")
+    return PROFILES[key]
+
+
+_CPU: HardwareProfile | None = None
+
+
+def measure_cpu(size: int = 1024, copy_mb: int = 128) -> HardwareProfile:
+    """This machine's achievable float32 matmul FLOP/s and copy bandwidth (numpy), measured once
+    per process: the roofline the tiny-model runs are placed on (fit() absorbs the rest)."""
+    global _CPU
+    if _CPU is None:
+        a = np.ones((size, size), np.float32)
+        a @ a
+        best = min(_timed(lambda: a @ a) for _ in range(3))
+        flops = 2 * size**3 / best
+        x = np.ones(copy_mb * 2**20 // 4, np.float32)
+        y = np.empty_like(x)
+        bt = min(_timed(lambda: np.copyto(y, x)) for _ in range(3))
+        import os
+        mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        _CPU = HardwareProfile("cpu", flops, 2 * x.nbytes / bt, float(mem))
+    return _CPU
+
+
+def _timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t

@@ -1,0 +1,185 @@
+"""Replay a workload into an LLMEngine on a wall clock (real runner) or a virtual clock (sim).
+
+Arrivals are injected when the clock passes them, with their scheduled arrival time (so time
+spent waiting behind a long step counts toward TTFT). On a VirtualClock the runner's
+step_time_s advances time (StepRecorder does it between execute() and update_from_output()),
+and an idle engine jumps to the next arrival; on the wall clock the driver sleeps instead.
+The scheduler code is the same in both. Trace output lengths are honoured with `ignore_eos`
++ `max_tokens`, as serving benchmarks replay traces.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+
+import numpy as np
+
+from llmserve.metrics.collect import RequestRecords, StepRecorder, StepRecords
+from llmserve.sampling_params import SamplingParams
+from llmserve.workload import WorkloadRequest
+
+log = logging.getLogger(__name__)
+
+
+class VirtualClock:
+    """A clock that moves only when told: engine(clock=VirtualClock())."""
+    __slots__ = ("t",)
+
+    def __init__(self, t: float = 0.0):
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@dataclasses.dataclass
+class ReplayResult:
+    requests: dict            # RequestRecords.arrays()
+    steps: dict               # StepRecords.arrays()
+    start: float              # clock time of the workload's t = 0
+    end: float                # clock time the run stopped
+    num_requests: int         # requests offered (after the cap)
+    num_rejected: int         # refused at add_request (too long for the pool, ...)
+    num_aborted: int          # unfinished when the time cap hit
+    num_truncated: int        # prompts cut to fit max_model_len
+    virtual: bool
+    wall_s: float             # real seconds the replay took
+    scheduler_ns: int         # time inside schedule() + update_from_output()
+    scheduler_steps: int
+    preemptions: int
+
+
+def _set_true_length(req, n: int) -> None:
+    """Hand the trace's true output length to the request, for the oracle predictor."""
+    for attr in ("true_num_output_tokens", "target_num_output_tokens"):
+        if hasattr(type(req), attr) or attr in getattr(type(req), "__slots__", ()):
+            setattr(req, attr, n)
+            return
+
+
+def prepare(workload: list[WorkloadRequest], *, rate_scale: float = 1.0,
+            max_requests: int | None = None, max_model_len: int | None = None
+            ) -> tuple[list[WorkloadRequest], int]:
+    """Sorted, capped, rate-scaled copies; prompts cut so prompt + output fits max_model_len.
+    Returns (requests, number truncated)."""
+    if rate_scale <= 0:
+        raise ValueError(f"workload.rate_scale must be > 0, got {rate_scale}")
+    if max_requests is not None and max_requests < 1:
+        raise ValueError(f"workload.num_requests must be >= 1, got {max_requests}")
+    reqs = sorted(workload, key=lambda w: w.arrival_s)[:max_requests]
+    if not reqs:
+        raise ValueError("the workload has no requests")
+    t0 = reqs[0].arrival_s
+    out, cut = [], 0
+    for w in reqs:
+        p, o, ids = w.prompt_len, w.output_len, w.prompt_token_ids
+        if max_model_len is not None and p + o > max_model_len:
+            o = min(o, max_model_len - 1)
+            p = max_model_len - o
+            ids = ids[:p] if ids is not None else None
+            cut += 1
+        out.append(WorkloadRequest((w.arrival_s - t0) / rate_scale, p, o, ids, w.prompt_text))
+    return out, cut
+
+
+def replay(engine, workload: list[WorkloadRequest], *, rate_scale: float = 1.0,
+           max_requests: int | None = None, time_limit_s: float | None = None, seed: int = 0,
+           idle_tick_s: float = 1e-3, kv_sample_every: int = 8, counter=None,
+           progress_every_s: float = 30.0, label: str = "") -> ReplayResult:
+    """Drive `workload` into `engine` until every request finished (or time_limit_s passed on
+    the run's clock, when the rest is aborted). The engine's clock decides the mode: a
+    VirtualClock is simulated time, anything else is the wall clock."""
+    clock = engine.clock
+    virtual = isinstance(clock, VirtualClock)
+    reqs, num_cut = prepare(workload, rate_scale=rate_scale, max_requests=max_requests,
+                            max_model_len=engine.config.max_model_len)
+    vocab = engine.model_config.vocab_size
+    rng = np.random.default_rng(seed)
+    sched = engine.scheduler
+    steps = StepRecords()
+    recorder = StepRecorder(engine.runner, sched, steps, clock if virtual else None, counter)
+    inner_runner = engine.runner
+    engine.runner = recorder
+    records = RequestRecords()
+    arrivals = [w.arrival_s for w in reqs]
+    n = len(reqs)
+    active: dict[str, object] = {}
+    rejected = aborted = 0
+    sched_ns0 = sched.stats.schedule_ns + sched.stats.update_ns
+    steps0, pre0 = sched.stats.num_steps, sched.stats.num_preemptions
+    wall0 = time.perf_counter()
+    start = clock()
+    # Absolute clock times, compared as such: start + a - start == a need not hold in floats.
+    due = [start + a for a in arrivals]
+    next_log = wall0 + progress_every_s
+    i = 0
+    try:
+        while True:
+            now = clock()
+            elapsed = now - start
+            if time_limit_s is not None and elapsed >= time_limit_s:
+                break
+            while i < n and due[i] <= now:
+                w = reqs[i]
+                ids = w.prompt_token_ids
+                if ids is None:
+                    ids = rng.integers(0, vocab, w.prompt_len).tolist()
+                rid = str(i)
+                try:
+                    engine.add_request(ids, SamplingParams(max_tokens=w.output_len,
+                                                           ignore_eos=True, temperature=0.0),
+                                       request_id=rid, arrival_time=due[i])
+                except ValueError as e:
+                    rejected += 1
+                    log.warning("request %d rejected: %s", i, e)
+                else:
+                    req = sched.requests[rid]
+                    if w.prompt_text is not None and req.prompt_text is None:
+                        req.prompt_text = w.prompt_text
+                    _set_true_length(req, w.output_len)
+                    active[rid] = req
+                i += 1
+            if engine.has_unfinished():
+                before = steps.num_steps
+                for r in engine.step_requests():
+                    if r.is_finished:
+                        records.add(r)
+                        del active[r.request_id]
+                if steps.num_steps != before:
+                    if steps.num_steps % kv_sample_every == 0:
+                        recorder.sample_kv()
+                    if time.perf_counter() >= next_log:
+                        next_log += progress_every_s
+                        log.info("%s t=%.1fs arrived %d/%d finished %d running %d waiting %d",
+                                 label, clock() - start, i, n, len(records.rows),
+                                 sched.num_running, sched.num_waiting)
+                    continue
+                # Nothing could be scheduled (e.g. a static batch waiting to fill): let time
+                # pass, but not beyond the next arrival.
+                until = clock() + idle_tick_s
+                if i < n and due[i] > clock():
+                    until = min(until, due[i])
+            elif i < n:
+                until = due[i]
+            else:
+                break
+            if virtual:
+                clock.t = max(clock.t, until)
+            elif until > clock():
+                time.sleep(until - clock())
+    finally:
+        engine.runner = inner_runner
+    end = clock()
+    for rid in list(active):
+        if engine.abort(rid) is not None:
+            aborted += 1
+    if records.rows:
+        end = min(end, max(r[3] for r in records.rows)) if aborted == 0 else end
+    st = sched.stats
+    return ReplayResult(
+        requests=records.arrays(), steps=steps.arrays(), start=start, end=end,
+        num_requests=n, num_rejected=rejected, num_aborted=aborted, num_truncated=num_cut,
+        virtual=virtual, wall_s=time.perf_counter() - wall0,
+        scheduler_ns=st.schedule_ns + st.update_ns - sched_ns0,
+        scheduler_steps=st.num_steps - steps0, preemptions=st.num_preemptions - pre0)
