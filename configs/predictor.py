@@ -1,0 +1,53 @@
+"""Output-length predictor: data, features, ensemble, training and evaluation settings."""
+import ml_collections
+
+_DATA = "/work/shared/data"
+
+
+def get_config():
+    c = ml_collections.ConfigDict()
+    c.tokenizer = "tiny"                # the serving model (preset or HF dir) whose tokenizer
+                                        # turns text into the ids the predictor sees
+    c.bucket_edges = (50, 500)          # bucket boundaries in tokens: [0,50) [50,500) [500,inf)
+    c.interval = 0.8                    # central predictive interval reported as lower/upper
+    c.calibrate_interval = True         # scale the interval to cover `interval` on validation
+
+    c.data = ml_collections.ConfigDict()
+    # KIND:PATH_GLOB (castillo | instruct | sharegpt | trace_log); sources whose files are
+    # absent are skipped, and with none left a synthetic trace log is used.
+    c.data.sources = (f"castillo:{_DATA}/castillo_llama31_8b_*_validate.json",)
+    c.data.trace_log = ""               # an engine trace log (JSONL) to train on as well
+    c.data.split = (0.7, 0.1, 0.2)      # train / validation (early stop, calibration) / test,
+                                        # by prompt
+    c.data.split_seed = 0               # the split's hash seed (and the synthetic data's)
+    c.data.synthetic_log = "/tmp/llmserve_synthetic_trace.jsonl"  # where synthetic data goes
+    c.data.synthetic_num_requests = 2000  # synthetic requests when no data source exists
+
+    c.features = ml_collections.ConfigDict()
+    c.features.table_size = 2**16       # hashed n-gram buckets (embedding rows per member)
+    c.features.ngram_orders = (1, 2)    # n-gram orders hashed from the token ids
+    c.features.max_prompt_tokens = 1024  # longer prompts keep their first 3/4 and last 1/4
+    c.features.hash_seed = 0            # changes every hash (a new feature space)
+
+    c.model = ml_collections.ConfigDict()
+    c.model.embed_dim = 32              # embedding-bag width
+    c.model.hidden_dim = 128            # MLP width (two hidden layers)
+    c.model.dropout = 0.1               # dropout after each hidden layer while training
+
+    c.train = ml_collections.ConfigDict()
+    c.train.ensemble_size = 5           # K members, trained together under jax.vmap
+    c.train.bootstrap = True            # each member trains on its own Poisson bootstrap
+    c.train.batch_size = 64             # prompts per step
+    c.train.num_epochs = 150            # most epochs (early stopping usually ends sooner)
+    c.train.patience = 15               # stop when no member improved for this many epochs
+    c.train.learning_rate = 3e-3        # AdamW peak learning rate
+    c.train.warmup_frac = 0.05          # linear warm-up share of all steps, then cosine decay
+    c.train.weight_decay = 1e-4         # AdamW decoupled weight decay
+    c.train.clip_norm = 1.0             # per-member global gradient-norm clip
+    c.train.bucket_loss_weight = 0.5    # weight of the bucket cross-entropy next to the NLL
+    c.train.seed = 0                    # init, bootstrap, dropout and batch order
+
+    c.eval = ml_collections.ConfigDict()
+    c.eval.latency_batch_size = 64      # prompts per predict() call in the latency figure
+    c.eval.latency_repeats = 50         # timed calls (after one warm-up call)
+    return c

@@ -1,0 +1,1 @@
+"""Output-length predictor: trace logs -> Flax ensemble -> Orbax checkpoint -> scheduler."""

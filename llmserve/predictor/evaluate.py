@@ -1,0 +1,143 @@
+"""The ensemble against its baselines on a held-out split, and its prediction latency.
+
+Rows: the ensemble; each member and their average; the training median (constant); a
+prompt-length regression (least squares of log(1+len) on log(1+prompt_len)); and the noise
+floor: each sample predicted by the mean of the *other* samples of its prompt, which no
+predictor that sees only the prompt can beat on average.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from llmserve.predictor.metrics import BUCKET_EDGES, bucket_of, kendall_tau, score
+
+_Z80 = 1.2815515655446004
+
+
+def _gauss_nll(y, mu, sigma):
+    return 0.5 * ((y - mu) / sigma) ** 2 + np.log(sigma) + 0.5 * np.log(2 * np.pi)
+
+
+def score_predictor(predictor, ds) -> dict:
+    """Ensemble metrics on ds (point = median; `mae_of_mean` scores the expected length)."""
+    return ensemble_rows(predictor, ds)["ensemble"]
+
+
+def ensemble_rows(predictor, ds) -> dict:
+    edges = predictor.bucket_edges
+    p = predictor.predict(ds.prompts)
+    pidx, y = ds.per_sample()
+    ly = np.log1p(y)
+    rows = {}
+    ens = score(p.median[pidx], y, pidx, p.lower[pidx], p.upper[pidx],
+                np.argmax(p.bucket_probs, -1)[pidx], p.median, edges)
+    ens["mae_of_mean"] = float(np.mean(np.abs(p.mean[pidx] - y)))
+    ens["bucket_acc_of_point"] = float(np.mean(bucket_of(p.median[pidx], edges) ==
+                                               bucket_of(y, edges)))
+    # log score of the mixture itself (not the calibrated Gaussian summary)
+    dens = np.mean(np.exp(-_gauss_nll(ly[None], p.member_mu[:, pidx], p.member_sigma[:, pidx])), 0)
+    ens["nll"] = float(np.mean(-np.log(np.maximum(dens, 1e-300))))
+    rows["ensemble"] = ens
+    for k in range(len(p.member_mu)):
+        mu, sg = p.member_mu[k], p.member_sigma[k]
+        r = score(np.expm1(mu)[pidx], y, pidx, np.expm1(mu - _Z80 * sg)[pidx],
+                  np.expm1(mu + _Z80 * sg)[pidx], np.argmax(p.member_probs[k], -1)[pidx],
+                  np.expm1(mu), edges)
+        r["nll"] = float(np.mean(_gauss_nll(ly, mu[pidx], sg[pidx])))
+        rows[f"member_{k}"] = r
+    members = [rows[f"member_{k}"] for k in range(len(p.member_mu))]
+    rows["member_avg"] = {m: float(np.mean([r[m] for r in members])) for m in members[0]}
+    return rows
+
+
+def baseline_rows(train_ds, ds, edges=BUCKET_EDGES) -> dict:
+    pidx, y = ds.per_sample()
+    _, ty = train_ds.per_sample()
+    rows = {}
+    med = float(np.median(ty))
+    lo, hi = np.quantile(ty, [0.1, 0.9])
+    n = len(y)
+    rows["constant"] = score(np.full(n, med), y, pidx, np.full(n, lo), np.full(n, hi),
+                             prompt_point=np.full(len(ds), med), edges=edges)
+    # prompt-length regression in log space; its residual std gives the interval
+    tp, _ = train_ds.per_sample()
+    tx = np.log1p([len(train_ds.prompts[i]) for i in tp])
+    a = np.stack([np.ones_like(tx), tx], 1)
+    coef, *_ = np.linalg.lstsq(a, np.log1p(ty), rcond=None)
+    resid = np.std(np.log1p(ty) - a @ coef)
+    x = np.log1p([len(p) for p in ds.prompts])
+    mu = coef[0] + coef[1] * x
+    rows["prompt_len_regression"] = score(
+        np.expm1(mu)[pidx], y, pidx, np.expm1(mu - _Z80 * resid)[pidx],
+        np.expm1(mu + _Z80 * resid)[pidx], prompt_point=np.expm1(mu), edges=edges)
+    rows["noise_floor"] = noise_floor(ds, edges)
+    return rows
+
+
+def noise_floor(ds, edges=BUCKET_EDGES) -> dict:
+    """Each sample predicted by the mean of its prompt's other samples (prompts with >= 2);
+    the interval is those samples' 10th-90th percentiles. Kendall tau: the mean of one half
+    of each prompt's samples against the prompt's mean (a repeatability ceiling)."""
+    keep = [i for i, x in enumerate(ds.lengths) if len(x) >= 2]
+    sub = ds.subset(keep)
+    point, lo, hi, target, pidx = [], [], [], [], []
+    half = []
+    for i, x in enumerate(sub.lengths):
+        for j in range(len(x)):
+            others = np.delete(x, j)
+            point.append(others.mean())
+            q = np.quantile(others, [0.1, 0.9])
+            lo.append(q[0])
+            hi.append(q[1])
+            target.append(x[j])
+            pidx.append(i)
+        half.append(x[: len(x) // 2].mean())
+    r = score(np.array(point), np.array(target), np.array(pidx), np.array(lo), np.array(hi),
+              edges=edges)
+    r["kendall_tau"] = kendall_tau(half, [x.mean() for x in sub.lengths])
+    return r
+
+
+def measure_latency(predictor, prompts, batch_size: int = 64, repeats: int = 20) -> dict:
+    """Milliseconds per request of predict() on batches of `batch_size` prompts (text or ids);
+    the first call (compilation) is excluded and reported apart."""
+    prompts = list(prompts)
+    if not prompts:
+        raise ValueError("measure_latency needs at least one prompt")
+    batches = [[prompts[(i * batch_size + j) % len(prompts)] for j in range(batch_size)]
+               for i in range(repeats)]
+    t0 = time.perf_counter()
+    predictor.predict(batches[0])
+    first = time.perf_counter() - t0
+    times = []
+    for b in batches:
+        t0 = time.perf_counter()
+        predictor.predict(b)
+        times.append(time.perf_counter() - t0)
+    times = np.array(times)
+    return dict(batch_size=batch_size, ms_per_request=float(np.median(times) / batch_size * 1e3),
+                ms_per_request_p90=float(np.quantile(times, 0.9) / batch_size * 1e3),
+                ms_per_batch=float(np.median(times) * 1e3), first_call_ms=first * 1e3)
+
+
+def evaluate_all(predictor, train_ds, test_ds) -> dict:
+    rows = ensemble_rows(predictor, test_ds)
+    rows.update(baseline_rows(train_ds, test_ds, predictor.bucket_edges))
+    return rows
+
+
+def format_table(rows: dict, order=None) -> str:
+    cols = [("mae", "MAE", "{:.1f}"), ("median_rel_err", "med.rel.err", "{:.3f}"),
+            ("within_50", "<=50", "{:.3f}"), ("within_100", "<=100", "{:.3f}"),
+            ("bucket_acc", "3-bucket", "{:.3f}"), ("kendall_tau", "Kendall", "{:.3f}"),
+            ("coverage80", "cov80", "{:.3f}"), ("nll", "NLL", "{:.3f}")]
+    names = order or list(rows)
+    w = max(len(n) for n in names) + 2
+    lines = [f"{'predictor':<{w}}" + "".join(f"{h:>12}" for _, h, _ in cols)]
+    for n in names:
+        r = rows[n]
+        lines.append(f"{n:<{w}}" + "".join(
+            f"{(fmt.format(r[k]) if k in r and r[k] == r[k] else '-'):>12}" for k, _, fmt in cols))
+    return "\n".join(lines)

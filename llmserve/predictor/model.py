@@ -1,0 +1,88 @@
+"""The Flax ensemble: K members of one small network, vmapped over a leading member axis.
+
+A member maps a prompt's bag of hashed n-grams (+ dense features) to a Gaussian over the
+normalised log output length (mean, log std) and bucket logits. The ensemble's parameters
+are the members' parameters stacked on axis 0; `ensemble_init`/`ensemble_apply` vmap the
+member's init/apply over that axis, so the K members train in one jitted step.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from llmserve.predictor.features import Batch
+
+# A Batch passes through jit as its four arrays (features.py stays free of jax).
+jax.tree_util.register_pytree_node(
+    Batch, lambda b: ((b.ids, b.segments, b.weights, b.dense), None),
+    lambda _, xs: Batch(*xs))
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    table_size: int = 2**16
+    embed_dim: int = 32
+    hidden_dim: int = 128
+    num_buckets: int = 3
+    dropout: float = 0.1
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+class Member(nn.Module):
+    spec: ModelSpec
+
+    @nn.compact
+    def __call__(self, ids, segments, weights, dense, train: bool = False):
+        s = self.spec
+        emb = nn.Embed(s.table_size, s.embed_dim,
+                       embedding_init=nn.initializers.normal(stddev=0.1), name="bag")(ids)
+        bag = jax.ops.segment_sum(emb * weights[:, None], segments,
+                                  num_segments=dense.shape[0])
+        x = jnp.concatenate([nn.LayerNorm(name="bag_norm")(bag), dense], axis=-1)
+        for i in range(2):
+            x = nn.gelu(nn.Dense(s.hidden_dim, name=f"hidden{i}")(x))
+            x = nn.Dropout(s.dropout, deterministic=not train)(x)
+        mu = nn.Dense(1, name="mean")(x)[:, 0]
+        # Softplus keeps the std positive and away from the NLL's degenerate 0.
+        sigma = nn.softplus(nn.Dense(1, name="std")(x)[:, 0]) + 1e-3
+        logits = nn.Dense(s.num_buckets, name="buckets")(x)
+        return mu, sigma, logits
+
+
+def ensemble_init(spec: ModelSpec, key, num_members: int):
+    """Params with a leading [K] axis; member k initialised from fold_in(key, k)."""
+    member = Member(spec)
+    dummy = (jnp.zeros(4, jnp.int32), jnp.zeros(4, jnp.int32), jnp.zeros(4, jnp.float32),
+             jnp.zeros((1, 2), jnp.float32))
+    keys = jax.vmap(lambda k: jax.random.fold_in(key, k))(jnp.arange(num_members))
+    return jax.vmap(lambda k: member.init(k, *dummy)["params"])(keys)
+
+
+def ensemble_apply(spec: ModelSpec, params, batch, train: bool = False, dropout_key=None):
+    """-> (mu [K,B], sigma [K,B], logits [K,B,C]): every member on the same batch."""
+    member = Member(spec)
+    ids, seg, w, dense = (jnp.asarray(batch.ids), jnp.asarray(batch.segments),
+                          jnp.asarray(batch.weights), jnp.asarray(batch.dense))
+    k = jax.tree_util.tree_leaves(params)[0].shape[0]
+    if train:
+        keys = jax.random.split(dropout_key, k)
+        return jax.vmap(lambda p, r: member.apply({"params": p}, ids, seg, w, dense, True,
+                                                  rngs={"dropout": r}))(params, keys)
+    return jax.vmap(lambda p: member.apply({"params": p}, ids, seg, w, dense))(params)
+
+
+def member_apply(spec: ModelSpec, member_params, batch):
+    """One member, no vmap (the independent check of ensemble_apply)."""
+    return Member(spec).apply({"params": member_params}, jnp.asarray(batch.ids),
+                              jnp.asarray(batch.segments), jnp.asarray(batch.weights),
+                              jnp.asarray(batch.dense))
+
+
+def num_params(params) -> int:
+    return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(params)))

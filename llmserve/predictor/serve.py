@@ -1,0 +1,201 @@
+"""LengthPredictor: a trained checkpoint -> output-length predictions for a batch of prompts.
+
+    p = LengthPredictor.load("runs/predictor/checkpoint")
+    out = p.predict(["Write an essay on owls.", [256, 72, 105]])   # text or token ids
+    out.mean, out.lower, out.upper, out.bucket_probs                 # numpy, per prompt
+
+Members predict a Gaussian over log(1 + length); the ensemble is their equal-weight mixture.
+`median` = expm1 of the mixture's mean log length (the point that minimises absolute error
+for a log-symmetric spread), `mean` = the mixture's expected length in tokens, and
+[lower, upper] the central `interval` (80%) interval: the mixture's mean log length +- z x its
+std, the std scaled by a factor calibrated on the validation split at training time.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+
+import jax
+import numpy as np
+
+from llmserve.predictor import features as feat
+from llmserve.predictor import model as model_lib
+
+FORMAT = "llmserve-length-predictor/1"
+_META_KEYS = ("format", "feature_spec", "model_spec", "ensemble_size", "y_mean", "y_std",
+              "bucket_edges", "interval", "interval_scale")
+
+
+def _z(interval: float) -> float:
+    from statistics import NormalDist
+    return NormalDist().inv_cdf(0.5 + interval / 2)
+
+
+@dataclasses.dataclass
+class Prediction:
+    mean: np.ndarray          # expected output length (tokens)
+    median: np.ndarray        # point estimate for absolute error (tokens)
+    lower: np.ndarray         # central-interval bounds (tokens)
+    upper: np.ndarray
+    bucket_probs: np.ndarray  # [N, num_buckets], buckets split at `bucket_edges`
+    log_mean: np.ndarray      # mixture mean of log(1 + length)
+    log_std: np.ndarray       # mixture std of log(1 + length), calibrated
+    member_mu: np.ndarray     # [K, N] each member's mean of log(1 + length)
+    member_sigma: np.ndarray  # [K, N] each member's std (uncalibrated)
+    member_probs: np.ndarray  # [K, N, C]
+
+    def __len__(self) -> int:
+        return len(self.mean)
+
+
+class LengthPredictor:
+    def __init__(self, params, meta: dict, tokenizer=None):
+        self.meta = meta
+        self.feature_spec = feat.FeatureSpec.from_dict(meta["feature_spec"])
+        self.model_spec = model_lib.ModelSpec(**meta["model_spec"])
+        self.params = params
+        self.y_mean, self.y_std = float(meta["y_mean"]), float(meta["y_std"])
+        self.bucket_edges = tuple(meta["bucket_edges"])
+        self.interval = float(meta["interval"])
+        self.interval_scale = float(meta["interval_scale"])
+        self._tokenizer = tokenizer
+        spec = self.model_spec
+        self._apply = jax.jit(lambda p, b: model_lib.ensemble_apply(spec, p, b))
+
+    @property
+    def num_members(self) -> int:
+        return int(jax.tree_util.tree_leaves(self.params)[0].shape[0])
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            from llmserve.predictor.data import tokenizer_for
+            self._tokenizer = tokenizer_for(self.feature_spec.tokenizer)
+        return self._tokenizer
+
+    # ---- loading -----------------------------------------------------------------------------
+    @classmethod
+    def load(cls, path: str, expect_tokenizer: str | None = None) -> "LengthPredictor":
+        """Restore a checkpoint written by train_and_evaluate (the `checkpoint` directory, or
+        the workdir holding it). ValueError names what is missing or incompatible."""
+        params, meta = load_checkpoint(path)
+        if expect_tokenizer is not None and meta["feature_spec"].get("tokenizer") != \
+                expect_tokenizer:
+            raise ValueError(f"predictor checkpoint {path!r} was trained with the tokenizer of "
+                             f"{meta['feature_spec'].get('tokenizer')!r}, but the serving "
+                             f"model is {expect_tokenizer!r}: its token ids would mean "
+                             "something else")
+        return cls(params, meta)
+
+    # ---- prediction --------------------------------------------------------------------------
+    def encode(self, prompts) -> list[list[int]]:
+        if isinstance(prompts, str) or (isinstance(prompts, (list, tuple)) and prompts
+                                        and isinstance(prompts[0], (int, np.integer))):
+            prompts = [prompts]
+        out = []
+        for i, p in enumerate(prompts):
+            if isinstance(p, str):
+                out.append(self.tokenizer.encode(p))
+            elif isinstance(p, (list, tuple, np.ndarray)):
+                out.append([int(t) for t in p])
+            else:
+                raise ValueError(f"prompt {i} must be a string or a list of token ids, got "
+                                 f"{type(p).__name__}")
+        return out
+
+    def raw(self, token_ids: Sequence[Sequence[int]]):
+        """-> (mu [K,N], sigma [K,N]) in log(1 + length) and probs [K,N,C]."""
+        n = len(token_ids)
+        rows = max(8, 1 << max(0, n - 1).bit_length())  # bounded number of compiled shapes
+        bags = [feat.hashed_ngrams(p, self.feature_spec) for p in token_ids]
+        dense = np.zeros((rows, feat.NUM_DENSE), np.float32)
+        for i, p in enumerate(token_ids):
+            dense[i] = feat.dense_features(len(p))
+        pad = [(np.zeros(0, np.int32), np.zeros(0, np.float32))] * (rows - n)
+        batch = feat.assemble([b[0] for b in bags + pad], [b[1] for b in bags + pad], dense)
+        mu, sigma, logits = jax.device_get(self._apply(self.params, batch))
+        mu = mu[:, :n] * self.y_std + self.y_mean
+        sigma = sigma[:, :n] * self.y_std
+        logits = logits[:, :n]
+        probs = np.exp(logits - logits.max(-1, keepdims=True))
+        return mu, sigma, probs / probs.sum(-1, keepdims=True)
+
+    def predict(self, prompts) -> Prediction:
+        ids = self.encode(prompts)
+        mu, sigma, probs = self.raw(ids)
+        m = mu.mean(0)
+        std = np.sqrt(np.maximum((sigma ** 2 + mu ** 2).mean(0) - m ** 2, 1e-12))
+        std = std * self.interval_scale
+        z = _z(self.interval)
+        expected = np.mean(np.exp(mu + 0.5 * sigma ** 2), 0) - 1
+        return Prediction(mean=expected, median=np.expm1(m), lower=np.maximum(np.expm1(m - z * std), 0),
+                          upper=np.expm1(m + z * std), bucket_probs=probs.mean(0), log_mean=m,
+                          log_std=std, member_mu=mu, member_sigma=sigma, member_probs=probs)
+
+    def calibrate(self, ds) -> float:
+        """Scale the interval so it covers `interval` of the observed lengths of ds (the
+        validation split); -> the scale, also kept on self."""
+        self.interval_scale = 1.0
+        p = self.predict(ds.prompts)
+        pidx, y = ds.per_sample()
+        zs = np.abs(np.log1p(y) - p.log_mean[pidx]) / p.log_std[pidx]
+        self.interval_scale = float(np.quantile(zs, self.interval) / _z(self.interval))
+        self.meta["interval_scale"] = self.interval_scale
+        return self.interval_scale
+
+
+def _find_dir(path: str) -> str:
+    path = os.path.abspath(os.fspath(path))
+    if not os.path.isdir(path):
+        raise ValueError(f"predictor checkpoint {path!r} does not exist")
+    if not os.path.isdir(os.path.join(path, "meta")) and os.path.isdir(
+            os.path.join(path, "checkpoint")):
+        path = os.path.join(path, "checkpoint")
+    return path
+
+
+def load_checkpoint(path: str):
+    """-> (params, meta) after checking the checkpoint is whole and matches its own specs."""
+    import orbax.checkpoint as ocp
+    path = _find_dir(path)
+    missing = [x for x in ("meta", "params") if not os.path.isdir(os.path.join(path, x))]
+    if missing:
+        raise ValueError(f"predictor checkpoint {path!r} is partial: missing {missing} "
+                         "(was the save interrupted? retrain or copy it again)")
+    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
+        try:
+            meta = ckptr.restore(path, ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        except Exception as e:  # noqa: BLE001  (orbax raises many kinds)
+            raise ValueError(f"predictor checkpoint {path!r}: cannot read 'meta': {e}") from None
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+            raise ValueError(f"predictor checkpoint {path!r} is incompatible: format {got!r}, "
+                             f"expected {FORMAT!r}")
+        absent = [k for k in _META_KEYS if k not in meta]
+        if absent:
+            raise ValueError(f"predictor checkpoint {path!r} is incompatible: meta lacks "
+                             f"{absent}")
+        try:
+            params = ckptr.restore(path, ocp.args.Composite(
+                params=ocp.args.StandardRestore()))["params"]
+        except Exception as e:  # noqa: BLE001
+            raise ValueError(f"predictor checkpoint {path!r}: cannot restore 'params' "
+                             f"(partial or corrupt): {e}") from None
+    try:
+        mspec = model_lib.ModelSpec(**meta["model_spec"])
+        feat.FeatureSpec.from_dict(meta["feature_spec"])
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"predictor checkpoint {path!r} is incompatible: {e}") from None
+    want = jax.eval_shape(lambda: model_lib.ensemble_init(mspec, jax.random.PRNGKey(0),
+                                                          int(meta["ensemble_size"])))
+    want_flat = {jax.tree_util.keystr(k): v.shape
+                 for k, v in jax.tree_util.tree_leaves_with_path(want)}
+    got_flat = {jax.tree_util.keystr(k): tuple(np.shape(v))
+                for k, v in jax.tree_util.tree_leaves_with_path(params)}
+    for name in sorted(set(want_flat) | set(got_flat)):
+        if want_flat.get(name) != got_flat.get(name):
+            raise ValueError(f"predictor checkpoint {path!r} is incompatible: parameter "
+                             f"{name} has shape {got_flat.get(name)}, the checkpoint's model "
+                             f"spec needs {want_flat.get(name)}")
+    return params, meta

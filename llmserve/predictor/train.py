@@ -1,0 +1,242 @@
+"""Training: K members in one jitted, vmapped Optax step; early stopping; Orbax checkpoint.
+
+Each member sees its own Poisson bootstrap of the training prompts (a weight per prompt) and
+its own initialisation and dropout noise. The loss per prompt is the mean over its observed
+lengths of the Gaussian NLL of the normalised log length plus `bucket_loss_weight` x the
+bucket cross-entropy. AdamW with linear warm-up + cosine decay and gradient clipping runs per
+member (vmapped), so one member's gradient norm never scales another's. Each member keeps its
+parameters from its best validation epoch; training stops when no member has improved for
+`patience` epochs.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+
+from llmserve.predictor import data as data_lib
+from llmserve.predictor import features as feat
+from llmserve.predictor import model as model_lib
+from llmserve.predictor.metrics import BUCKET_EDGES, bucket_of
+from llmserve.predictor.serve import FORMAT, LengthPredictor
+
+
+
+def build_datasets(config, tokenizer):
+    """-> (train, val, test, description). Shared data when its files exist, else a
+    synthetic trace log (written to `config.data.synthetic_log`) whose lengths depend on
+    the prompt."""
+    d = config.data
+    specs = [s for s in d.sources if glob.glob(s.partition(":")[2])]
+    if d.trace_log:
+        specs = [f"trace_log:{d.trace_log}"] + list(specs)
+    if specs:
+        ds = data_lib.load_sources(specs, tokenizer)
+        desc = ", ".join(specs)
+    else:
+        from llmserve.workload.trace_log import write_trace_log
+        path = d.synthetic_log
+        if os.path.exists(path):
+            os.remove(path)
+        write_trace_log(path, data_lib.synthetic_records(d.synthetic_num_requests, tokenizer,
+                                                         seed=d.split_seed))
+        ds = data_lib.from_trace_log(path)
+        desc = f"synthetic trace log {path} ({d.synthetic_num_requests} requests)"
+    train, val, test = data_lib.split_by_prompt(ds, tuple(d.split), seed=d.split_seed)
+    if len(train) < 2 or len(val) < 1:
+        raise ValueError(f"too little data: {len(train)} training and {len(val)} validation "
+                         f"prompts from {desc}")
+    return train, val, test, desc
+
+
+class _Encoded:
+    """A dataset's bags, dense features and padded targets, built once."""
+
+    def __init__(self, ds, fspec, y_mean, y_std, edges):
+        bags = [feat.hashed_ngrams(p, fspec) for p in ds.prompts]
+        self.ids = [b[0] for b in bags]
+        self.w = [b[1] for b in bags]
+        self.dense = np.stack([feat.dense_features(len(p)) for p in ds.prompts])
+        lens, self.mask = ds.padded_lengths()
+        self.y = ((np.log1p(lens) - y_mean) / y_std).astype(np.float32)
+        self.bucket = bucket_of(lens, edges).astype(np.int32)
+        self.n = len(ds)
+
+    def batch(self, idx, pad_to):
+        """Rows idx, padded with empty prompts (mask 0) up to pad_to rows."""
+        idx = list(idx)
+        extra = pad_to - len(idx)
+        ids = [self.ids[i] for i in idx] + [np.zeros(0, np.int32)] * extra
+        w = [self.w[i] for i in idx] + [np.zeros(0, np.float32)] * extra
+        dense = np.concatenate([self.dense[idx], np.zeros((extra, feat.NUM_DENSE), np.float32)])
+
+        def rows(a):
+            return np.concatenate([a[idx], np.zeros((extra,) + a.shape[1:], a.dtype)])
+        return feat.assemble(ids, w, dense), rows(self.y), rows(self.mask), rows(self.bucket)
+
+
+def _per_prompt_loss(mu, sigma, logits, y, mask, bucket, bucket_weight):
+    """-> ([K,B] loss, [K,B] NLL): means over each prompt's samples (mask [B,S])."""
+    nll = 0.5 * ((y[None] - mu[..., None]) / sigma[..., None]) ** 2 + jnp.log(sigma[..., None])
+    logp = jax.nn.log_softmax(logits, axis=-1)                               # [K,B,C]
+    idx = jnp.broadcast_to(bucket[None], (logp.shape[0],) + bucket.shape)     # [K,B,S]
+    ce = -jnp.take_along_axis(logp, idx, axis=-1)                            # [K,B,S]
+    n = jnp.maximum(mask.sum(-1), 1.0)
+    total = ((nll + bucket_weight * ce) * mask[None]).sum(-1) / n
+    return total, (nll * mask[None]).sum(-1) / n
+
+
+def make_optimizer(tc, total_steps: int):
+    warmup = max(1, int(tc.warmup_frac * total_steps))
+    sched = optax.warmup_cosine_decay_schedule(0.0, tc.learning_rate, warmup,
+                                               max(total_steps, warmup + 1),
+                                               end_value=tc.learning_rate * 0.02)
+    return optax.chain(optax.clip_by_global_norm(tc.clip_norm),
+                       optax.adamw(sched, weight_decay=tc.weight_decay))
+
+
+def train_ensemble(train_ds, val_ds, fspec: feat.FeatureSpec, mspec: model_lib.ModelSpec,
+                   tc, edges=BUCKET_EDGES):
+    """-> (params with leading [K] axis, normalisation (y_mean, y_std), history)."""
+    t_start = time.perf_counter()
+    all_y = np.log1p(np.concatenate(train_ds.lengths))
+    y_mean, y_std = float(all_y.mean()), float(max(all_y.std(), 1e-3))
+    tr = _Encoded(train_ds, fspec, y_mean, y_std, edges)
+    va = _Encoded(val_ds, fspec, y_mean, y_std, edges)
+    k = tc.ensemble_size
+    rng = np.random.default_rng(tc.seed)
+    boot = (rng.poisson(1.0, size=(k, tr.n)) if tc.bootstrap else np.ones((k, tr.n))
+            ).astype(np.float32)
+    bs = min(tc.batch_size, tr.n)
+    steps_per_epoch = -(-tr.n // bs)
+    tx = make_optimizer(tc, tc.num_epochs * steps_per_epoch)
+    key = jax.random.PRNGKey(tc.seed)
+    params = model_lib.ensemble_init(mspec, key, k)
+    opt_state = jax.vmap(tx.init)(params)
+    bw = tc.bucket_loss_weight
+
+    @jax.jit
+    def train_step(params, opt_state, batch, y, mask, bucket, boot_w, dkey):
+        def loss(p):
+            mu, sigma, logits = model_lib.ensemble_apply(mspec, p, batch, True, dkey)
+            per_prompt, _ = _per_prompt_loss(mu, sigma, logits, y, mask, bucket, bw)
+            per_member = (per_prompt * boot_w).sum(-1) / jnp.maximum(boot_w.sum(-1), 1.0)
+            return per_member.sum(), per_member  # members are independent: d(sum)/dp_k
+        (_, per_member), grads = jax.value_and_grad(loss, has_aux=True)(params)
+        updates, opt_state = jax.vmap(tx.update)(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, per_member
+
+    @jax.jit
+    def val_nll(params, batch, y, mask):
+        mu, sigma, _ = model_lib.ensemble_apply(mspec, params, batch)
+        nll = 0.5 * ((y[None] - mu[..., None]) / sigma[..., None]) ** 2 + jnp.log(sigma[..., None])
+        return (nll * mask[None]).sum((1, 2)) / mask.sum()
+
+    vb = va.batch(range(va.n), va.n)
+    best = jax.tree_util.tree_map(lambda x: x, params)
+    best_val = np.full(k, np.inf)
+    best_epoch = np.zeros(k, int)
+    history = []
+    since_improved = 0
+    for epoch in range(1, tc.num_epochs + 1):
+        order = rng.permutation(tr.n)
+        losses = []
+        for s in range(steps_per_epoch):
+            idx = order[s * bs:(s + 1) * bs]
+            batch, y, mask, bucket = tr.batch(idx, bs)
+            boot_w = np.concatenate([boot[:, idx], np.zeros((k, bs - len(idx)), np.float32)], 1)
+            key, dkey = jax.random.split(key)
+            params, opt_state, per_member = train_step(params, opt_state, batch, y, mask,
+                                                       bucket, boot_w, dkey)
+            losses.append(np.asarray(per_member))
+        v = np.asarray(val_nll(params, *vb[:3]))
+        improved = v < best_val - 1e-4
+        if improved.any():
+            sel = jnp.asarray(improved)
+            best = jax.tree_util.tree_map(
+                lambda b, p: jnp.where(sel.reshape((-1,) + (1,) * (p.ndim - 1)), p, b),
+                best, params)
+            best_val = np.where(improved, v, best_val)
+            best_epoch = np.where(improved, epoch, best_epoch)
+            since_improved = 0
+        else:
+            since_improved += 1
+        tl = float(np.mean(losses))
+        history.append(dict(epoch=epoch, train_loss=tl, val_nll=v.tolist()))
+        logging.info("epoch %3d  train loss %.4f  val NLL per member %s  best %.4f  (%.1fs)",
+                     epoch, tl, np.array2string(v, precision=3), best_val.mean(),
+                     time.perf_counter() - t_start)
+        if since_improved >= tc.patience:
+            logging.info("early stop: no member improved for %d epochs", tc.patience)
+            break
+    info = dict(y_mean=y_mean, y_std=y_std, history=history, best_epoch=best_epoch.tolist(),
+                best_val_nll=best_val.tolist(), epochs_run=len(history),
+                train_seconds=time.perf_counter() - t_start)
+    return best, info
+
+
+def feature_spec(config) -> feat.FeatureSpec:
+    f = config.features
+    return feat.FeatureSpec(table_size=f.table_size, ngram_orders=tuple(f.ngram_orders),
+                            max_prompt_tokens=f.max_prompt_tokens, hash_seed=f.hash_seed,
+                            tokenizer=config.tokenizer)
+
+
+def model_spec(config) -> model_lib.ModelSpec:
+    m = config.model
+    return model_lib.ModelSpec(table_size=config.features.table_size, embed_dim=m.embed_dim,
+                               hidden_dim=m.hidden_dim, num_buckets=len(config.bucket_edges) + 1,
+                               dropout=m.dropout)
+
+
+def save_checkpoint(path: str, params, meta: dict) -> None:
+    import orbax.checkpoint as ocp
+    path = os.path.abspath(path)
+    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
+        ckptr.save(path, ocp.args.Composite(params=ocp.args.StandardSave(params),
+                                            meta=ocp.args.JsonSave(meta)), force=True)
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+    """Train on config.data, calibrate the interval on validation, score the held-out test
+    split, write workdir/checkpoint (Orbax) and workdir/metrics.json. -> the metrics."""
+    from llmserve.predictor.evaluate import score_predictor
+    os.makedirs(workdir, exist_ok=True)
+    tokenizer = data_lib.tokenizer_for(config.tokenizer)
+    train, val, test, desc = build_datasets(config, tokenizer)
+    logging.info("data: %s -> %d/%d/%d prompts (train/val/test), %d/%d/%d samples", desc,
+                 len(train), len(val), len(test), train.num_samples, val.num_samples,
+                 test.num_samples)
+    fspec, mspec = feature_spec(config), model_spec(config)
+    params, info = train_ensemble(train, val, fspec, mspec, config.train,
+                                  tuple(config.bucket_edges))
+    meta = dict(format=FORMAT, feature_spec=fspec.to_dict(), model_spec=mspec.to_dict(),
+                ensemble_size=config.train.ensemble_size, y_mean=info["y_mean"],
+                y_std=info["y_std"], bucket_edges=list(config.bucket_edges),
+                interval=float(config.interval), interval_scale=1.0,
+                config=json.loads(config.to_json()), data=desc)
+    predictor = LengthPredictor(params, meta, tokenizer=tokenizer)
+    if config.calibrate_interval:
+        meta["interval_scale"] = predictor.calibrate(val)
+    metrics = dict(data=desc, num_prompts=dict(train=len(train), val=len(val), test=len(test)),
+                   num_params=model_lib.num_params(params),
+                   train_seconds=info["train_seconds"], epochs_run=info["epochs_run"],
+                   best_epoch=info["best_epoch"], best_val_nll=info["best_val_nll"],
+                   interval_scale=meta["interval_scale"],
+                   val=score_predictor(predictor, val))
+    if len(test):
+        metrics["test"] = score_predictor(predictor, test)
+    meta["metrics"] = metrics
+    ckpt = os.path.join(workdir, "checkpoint")
+    save_checkpoint(ckpt, params, meta)
+    with open(os.path.join(workdir, "metrics.json"), "w") as f:
+        json.dump(dict(metrics, history=info["history"]), f, indent=1)
+    logging.info("checkpoint written to %s", ckpt)
+    return metrics

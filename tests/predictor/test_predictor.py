@@ -1,0 +1,172 @@
+"""Length predictor: features, the vmapped ensemble, training, checkpoints, metrics."""
+import json
+import os
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+from llmserve.predictor import data, evaluate, features, metrics, train
+from llmserve.predictor import model as model_lib
+from llmserve.predictor.serve import LengthPredictor, load_checkpoint
+
+CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "predictor.py")
+
+
+def small_config(tmp_path, n=600):
+    from llmserve.config import load_config
+    c = load_config(CONFIG)
+    c.data.sources = ()  # never the shared data: the synthetic trace log
+    c.data.synthetic_log = str(tmp_path / "synthetic.jsonl")
+    c.data.synthetic_num_requests = n
+    c.features.table_size = 2**12
+    c.model.embed_dim = 8
+    c.model.hidden_dim = 32
+    c.train.ensemble_size = 3
+    c.train.num_epochs = 40
+    c.train.patience = 8
+    c.train.learning_rate = 3e-3
+    return c
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("pred")
+    c = small_config(tmp)
+    m = train.train_and_evaluate(c, str(tmp / "work"))
+    return c, m, str(tmp / "work")
+
+
+def test_hashing_is_deterministic_and_bounded():
+    spec = features.FeatureSpec(table_size=97, ngram_orders=(1, 2))
+    ids, w = features.hashed_ngrams([5, 6, 5, 6], spec)
+    # n-grams: 5, 6, 5, 6 | 56, 65, 56  -> 4 distinct (barring collisions in 97 buckets)
+    assert len(ids) <= 4 and np.all((ids >= 0) & (ids < 97))
+    assert np.isclose(w.sum(), 1.0)
+    ids2, w2 = features.hashed_ngrams([5, 6, 5, 6], spec)
+    assert np.array_equal(ids, ids2) and np.array_equal(w, w2)
+    # the unigram 5 is 2 of 7 n-grams
+    one, _ = features.hashed_ngrams([5], features.FeatureSpec(table_size=97, ngram_orders=(1,)))
+    assert np.isclose(w[ids == one[0]].sum(), 2 / 7)
+    b = features.featurize([[1, 2, 3], [4]], spec)
+    assert b.size == 2 and len(b.ids) >= 256 and b.weights[len(b.ids) - 1] == 0
+    with pytest.raises(ValueError, match="ngram_orders"):
+        features.FeatureSpec(ngram_orders=(0,))
+
+
+def test_vmapped_ensemble_equals_members_run_one_by_one():
+    spec = model_lib.ModelSpec(table_size=64, embed_dim=4, hidden_dim=8, dropout=0.0)
+    params = model_lib.ensemble_init(spec, jax.random.PRNGKey(3), 4)
+    batch = features.featurize([[1, 2, 3, 4], [7, 7], [9, 1, 2]],
+                               features.FeatureSpec(table_size=64))
+    mu, sigma, logits = model_lib.ensemble_apply(spec, params, batch)
+    assert mu.shape == (4, 3) and logits.shape == (4, 3, 3)
+    for k in range(4):
+        member = jax.tree_util.tree_map(lambda x, k=k: x[k], params)
+        m1, s1, l1 = model_lib.member_apply(spec, member, batch)
+        np.testing.assert_allclose(mu[k], m1, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(sigma[k], s1, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(logits[k], l1, rtol=1e-5, atol=1e-6)
+    # members differ (own initialisation)
+    assert not np.allclose(mu[0], mu[1])
+
+
+def test_kendall_tau_against_hand_count():
+    # pairs of (1,2,3,4) vs (1,3,2,4): 6 pairs, 1 discordant -> (5 - 1) / 6
+    assert np.isclose(metrics.kendall_tau([1, 2, 3, 4], [1, 3, 2, 4]), 4 / 6)
+    assert np.isclose(metrics.kendall_tau([1, 2, 3], [3, 2, 1]), -1.0)
+    assert list(metrics.bucket_of([0, 49, 50, 499, 500])) == [0, 0, 1, 1, 2]
+
+
+def test_split_is_by_prompt_and_deterministic():
+    ds = data.LengthDataset([[i, i + 1] for i in range(200)],
+                            [np.array([5.0, 6.0]) for _ in range(200)], [None] * 200,
+                            ["x"] * 200)
+    a = data.split_by_prompt(ds, (0.7, 0.1, 0.2))
+    b = data.split_by_prompt(ds, (0.7, 0.1, 0.2))
+    keys = [{tuple(p) for p in s.prompts} for s in a]
+    assert keys == [{tuple(p) for p in s.prompts} for s in b]
+    assert sum(len(k) for k in keys) == 200 and not (keys[0] & keys[1] or keys[0] & keys[2])
+    assert 100 < len(keys[0]) < 180
+
+
+def test_training_beats_the_constant_and_the_checkpoint_round_trips(trained, tmp_path):
+    c, m, work = trained
+    test = m["test"]
+    # Oracle: on the synthetic data the task template sets the length, so a predictor that
+    # reads the prompt must beat the training median by a wide margin.
+    tok = data.tokenizer_for(c.tokenizer)
+    tr, _, te, _ = train.build_datasets(c, tok)
+    base = evaluate.baseline_rows(tr, te)["constant"]
+    assert test["mae"] < 0.5 * base["mae"], (test, base)
+    assert test["bucket_acc"] > base["bucket_acc"] + 0.2
+    assert test["kendall_tau"] > 0.7
+    assert 0.6 < test["coverage80"] < 0.95
+    with open(os.path.join(work, "metrics.json")) as f:
+        assert json.load(f)["test"]["mae"] == pytest.approx(test["mae"])
+
+    p = LengthPredictor.load(work)
+    texts = te.texts[:7]
+    out = p.predict(texts)
+    assert out.mean.shape == (7,) and out.bucket_probs.shape == (7, 3)
+    assert np.all(out.lower <= out.median) and np.all(out.median <= out.upper)
+    np.testing.assert_allclose(out.bucket_probs.sum(-1), 1.0, rtol=1e-5)
+    # text and its token ids give the same prediction; batch composition does not matter
+    by_ids = p.predict([tok.encode(t) for t in texts])
+    np.testing.assert_allclose(out.mean, by_ids.mean, rtol=1e-6)
+    single = p.predict(texts[3])
+    np.testing.assert_allclose(single.mean, out.mean[3:4], rtol=1e-5)
+    # copy, reload: identical predictions
+    copy = tmp_path / "copy"
+    shutil.copytree(os.path.join(work, "checkpoint"), copy)
+    np.testing.assert_array_equal(LengthPredictor.load(str(copy)).predict(texts).mean, out.mean)
+    # the scheduler's adapter drives it from core
+    from llmserve.core.predictors import create_predictor
+    from llmserve.core.request import Request
+    from llmserve.sampling_params import SamplingParams
+    reqs = [Request(str(i), tok.encode(t), SamplingParams(max_tokens=4000), 0.0)
+            for i, t in enumerate(texts)]
+    means, spreads = create_predictor(f"checkpoint:{copy}").predict(reqs)
+    np.testing.assert_allclose(means, out.mean, rtol=1e-5)
+    assert all(s > 0 for s in spreads)
+
+
+def test_checkpoint_errors(trained, tmp_path):
+    _, _, work = trained
+    src = os.path.join(work, "checkpoint")
+    with pytest.raises(ValueError, match="does not exist"):
+        LengthPredictor.load(str(tmp_path / "missing"))
+    partial = tmp_path / "partial"
+    shutil.copytree(src, partial)
+    shutil.rmtree(partial / "params")
+    with pytest.raises(ValueError, match=r"partial: missing \['params'\]"):
+        LengthPredictor.load(str(partial))
+    with pytest.raises(ValueError, match="trained with the tokenizer"):
+        LengthPredictor.load(src, expect_tokenizer="llama3-8b")
+    params, meta = load_checkpoint(src)
+    bad = dict(meta, model_spec=dict(meta["model_spec"], hidden_dim=7))
+    train.save_checkpoint(str(tmp_path / "bad_shape"), params, bad)
+    with pytest.raises(ValueError, match=r"incompatible: parameter .* has shape .* needs"):
+        LengthPredictor.load(str(tmp_path / "bad_shape"))
+    train.save_checkpoint(str(tmp_path / "bad_format"), params, dict(meta, format="other/9"))
+    with pytest.raises(ValueError, match="incompatible: format 'other/9'"):
+        LengthPredictor.load(str(tmp_path / "bad_format"))
+
+
+def test_data_builders(tmp_path):
+    tok = data.tokenizer_for("tiny")
+    cast = [{"prompt_text": "hi", "output_sizes": [10, 15001, 20], "dataset": "Alpaca"},
+            {"prompt_text": "yo", "output_sizes": [15001]}]
+    (tmp_path / "c.json").write_text(json.dumps(cast))
+    ds = data.from_castillo(str(tmp_path / "c.json"), tok)
+    assert len(ds) == 1 and list(ds.lengths[0]) == [10, 20]  # cap runs dropped
+    dolly = [{"instruction": "a", "context": "b", "response": "xyz", "category": "qa"}]
+    (tmp_path / "d.json").write_text(json.dumps(dolly))
+    d = data.from_instruct_json(str(tmp_path / "d.json"), tok)
+    assert d.texts == ["a\nContext: b"] and list(d.lengths[0]) == [3]
+    with pytest.raises(ValueError, match="record 0: field 'prompt_text'"):
+        (tmp_path / "e.json").write_text(json.dumps([{"x": 1}]))
+        data.from_castillo(str(tmp_path / "e.json"), tok)
+    with pytest.raises(ValueError, match="KIND:PATH"):
+        data.load_sources(["bogus:/x"], tok)
