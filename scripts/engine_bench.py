@@ -95,6 +95,8 @@ class HFReference:
         threads = c.hf.threads or os.cpu_count()
         env = {**os.environ, "TQDM_DISABLE": "1", "TRANSFORMERS_VERBOSITY": "error"}
         env.pop("PYTHONPATH", None)
+        if c.hf.omp_wait_policy:
+            env["OMP_WAIT_POLICY"] = c.hf.omp_wait_policy
         self.timeout_s = c.hf.timeout_s
         self.proc = subprocess.Popen(
             [py, os.path.join(ROOT, "scripts", "hf_reference_bench.py"), "--checkpoint",
@@ -253,6 +255,7 @@ def summarize(case: dict, runs: list[dict], warm: dict | None, c) -> dict:
 def print_table(results: dict, c) -> None:
     print()
     print(f"engine_bench: model {c.model} float32, {results['machine']['cpus']} CPUs, "
+          f"OMP_WAIT_POLICY={c.hf.omp_wait_policy or 'default'}, "
           f"{c.rounds} alternating rounds (A B ...), medians; "
           f"transformers {results['transformers'].get('transformers')} "
           f"torch {results['transformers'].get('torch')} "
@@ -279,7 +282,8 @@ def print_table(results: dict, c) -> None:
     if loads and max(loads) > 1.25 * cpus:
         print(f"WARNING: the machine was busy (1-min load average up to {max(loads):.1f} on "
               f"{cpus} CPUs). torch's OpenMP threads slow down far more than XLA's when "
-              "oversubscribed, so these ratios flatter us; rerun on an idle machine.")
+              "oversubscribed (OMP_WAIT_POLICY=PASSIVE softens it), so treat the ratios as "
+              "rough; rerun on an idle machine.")
 
 
 if __name__ == "__main__":
