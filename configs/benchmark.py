@@ -25,9 +25,8 @@ def get_config():
     c.workload.kind = "synthetic"       # synthetic | azure_csv | sharegpt | alpaca | castillo | jsonl
     c.workload.path = ""                # data file for every kind but synthetic
     c.workload.num_requests = 64        # request cap (0 = the whole file)
-    c.workload.rate = 3.0               # synthetic (and datasets without times): req/s;
-    #                                     traces: if set, replay at this rate instead
-    c.workload.rate_scale = 0.0         # traces: arrival-rate multiplier (0 = as recorded)
+    c.workload.rate = 3.0               # synthetic and datasets without times: req/s
+    c.workload.rate_scale = 0.0         # arrival-rate multiplier (0 = 1: traces as recorded)
     c.workload.seed = 0                 # arrivals, lengths, token ids
     c.workload.time_limit_s = 0.0       # stop a run after this much (run-clock) time; 0 = none
     c.workload.synthetic = ml_collections.ConfigDict()

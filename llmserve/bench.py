@@ -295,9 +295,8 @@ def run(config) -> dict:
                "num_kv_blocks": setup.num_kv_blocks,
                "cost_model": dataclasses.asdict(setup.cost_model.efficiency)
                if setup.runner == "sim" else None, "policies": {}, "date": time.strftime("%Y-%m-%d")}
-    rate = _g(cfg, "workload.rate") if _g(cfg, "workload.kind") != "synthetic" else None
-    if rate is None and _g(cfg, "workload.rate_scale"):
-        rate = setup.base_rate * _g(cfg, "workload.rate_scale")
+    # The workload's own rate (synthetic: workload.rate; traces: as recorded), scaled.
+    rate = setup.base_rate * (_g(cfg, "workload.rate_scale") or 1.0)
     lats = {}
     sweeps = [s for s in str(_g(cfg, "sweep.kinds", "") or "").replace(" ", "").split(",") if s]
     for s in sweeps:
