@@ -49,7 +49,8 @@ def test_sim_run_schema_and_same_stream(tmp_path):
     assert res["policies"]["static"]["padding_waste"] > 0
     assert res["policies"]["chunked"]["padding_waste"] == 0
     paths = bench.write_outputs(res, str(tmp_path))
-    data = json.load(open(paths["results"]))
+    with open(paths["results"]) as f:
+        data = json.load(f)
     assert set(data) >= {"config", "policies"} and data["config"]["runner"] == "sim"
     assert os.path.isfile(paths["latency_cdf"])
     table = bench.format_results(data)

@@ -69,7 +69,8 @@ def test_table_json_and_figures(tmp_path):
     assert "| 123 |" in lines[3] and "| - |" in lines[2]
     p = report.write_json(str(tmp_path / "r.json"), {"a": np.float64("nan"), "b": np.int64(3),
                                                       "c": np.arange(2)})
-    assert json.load(open(p)) == {"a": None, "b": 3, "c": [0, 1]}
+    with open(p) as f:
+        assert json.load(f) == {"a": None, "b": 3, "c": [0, 1]}
     lat = {"x": {k: np.array([0.1, 0.2, math.nan]) for k in ("ttft", "tpot", "e2e")}}
     f1 = report.plot_latency_cdfs(lat, str(tmp_path / "cdf.png"))
     f2 = report.plot_sweep({"x": [(1, rows["chunked"]), (2, rows["static"])]},
