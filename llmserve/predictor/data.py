@@ -34,7 +34,7 @@ class LengthDataset:
     def num_samples(self) -> int:
         return int(sum(len(x) for x in self.lengths))
 
-    def subset(self, idx) -> "LengthDataset":
+    def subset(self, idx) -> LengthDataset:
         idx = list(idx)
         return LengthDataset([self.prompts[i] for i in idx], [self.lengths[i] for i in idx],
                              [self.texts[i] for i in idx], [self.sources[i] for i in idx])
@@ -105,7 +105,7 @@ def _load_json_list(path: str) -> list:
         except json.JSONDecodeError as e:
             raise ValueError(f"{path} is not valid JSON: {e}") from None
     if not isinstance(data, list):
-        raise ValueError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
+        raise ValueError(f"{path}: expected a JSON list of records, got {type(data).__name__}")  # noqa: TRY004  (bad input is a ValueError here)
     return data
 
 
@@ -228,7 +228,7 @@ def synthetic_records(n: int, tokenizer, seed: int = 0) -> list[dict]:
     for i in range(n):
         tpl, median, spread = _TASKS[rng.integers(len(_TASKS))]
         text = tpl.format(*rng.choice(_WORDS, 2, replace=False))
-        length = max(1, int(round(median * np.exp(spread * rng.standard_normal()))))
+        length = max(1, round(float(median * np.exp(spread * rng.standard_normal()))))
         out.append(make_record(f"syn-{i}", tokenizer.encode(text), length, prompt_text=text,
                                finish_reason="stop", arrival_s=float(i)))
     return out

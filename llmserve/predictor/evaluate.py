@@ -117,9 +117,9 @@ def measure_latency(predictor, prompts, batch_size: int = 64, repeats: int = 20)
         predictor.predict(b)
         times.append(time.perf_counter() - t0)
     times = np.array(times)
-    return dict(batch_size=batch_size, ms_per_request=float(np.median(times) / batch_size * 1e3),
-                ms_per_request_p90=float(np.quantile(times, 0.9) / batch_size * 1e3),
-                ms_per_batch=float(np.median(times) * 1e3), first_call_ms=first * 1e3)
+    return {"batch_size": batch_size, "ms_per_request": float(np.median(times) / batch_size * 1e3),
+                "ms_per_request_p90": float(np.quantile(times, 0.9) / batch_size * 1e3),
+                "ms_per_batch": float(np.median(times) * 1e3), "first_call_ms": first * 1e3}
 
 
 def evaluate_all(predictor, train_ds, test_ds) -> dict:
@@ -141,3 +141,47 @@ def format_table(rows: dict, order=None) -> str:
         lines.append(f"{n:<{w}}" + "".join(
             f"{(fmt.format(r[k]) if k in r and r[k] == r[k] else '-'):>12}" for k, _, fmt in cols))
     return "\n".join(lines)
+
+
+ROW_ORDER = ("ensemble", "member_avg", "constant", "prompt_len_regression", "noise_floor")
+
+
+def run_evaluation(workdir: str, latency_batch_size: int = 64, latency_repeats: int = 50) -> dict:
+    """Score the checkpoint in workdir on the held-out test split of the data it was trained
+    on (the split is rebuilt from the config stored in the checkpoint), time predict(), and
+    write workdir/eval.json. -> the results (rows, latency, targets)."""
+    import json
+    import os
+
+    from ml_collections import ConfigDict
+
+    from llmserve.predictor import data as data_lib
+    from llmserve.predictor.serve import LengthPredictor
+    from llmserve.predictor.train import build_datasets
+    predictor = LengthPredictor.load(workdir)
+    config = ConfigDict(predictor.meta["config"])
+    config.data.split = tuple(config.data.split)
+    tok = data_lib.tokenizer_for(config.tokenizer)
+    train_ds, _, test_ds, desc = build_datasets(config, tok)
+    if not len(test_ds):
+        raise ValueError(f"the checkpoint's data ({desc}) has an empty test split")
+    rows = evaluate_all(predictor, train_ds, test_ds)
+    latency = {"text": measure_latency(predictor, test_ds.texts if all(test_ds.texts)
+                                        else test_ds.prompts, latency_batch_size,
+                                        latency_repeats),
+                   "token_ids": measure_latency(predictor, test_ds.prompts, latency_batch_size,
+                                             latency_repeats)}
+    ens, avg = rows["ensemble"], rows["member_avg"]
+    targets = {"mae_le_180": ens["mae"] <= 180, "bucket_acc_ge_0_65": ens["bucket_acc"] >= 0.65,
+                   "kendall_ge_0_55": ens["kendall_tau"] >= 0.55,
+                   "coverage_in_0_75_0_85": 0.75 <= ens["coverage80"] <= 0.85,
+                   "ensemble_beats_avg_member_mae": ens["mae"] < avg["mae"],
+                   "ensemble_beats_avg_member_nll": ens["nll"] < avg["nll"],
+                   "latency_lt_0_1_ms": latency["token_ids"]["ms_per_request"] < 0.1}
+    out = {"data": desc, "num_test_prompts": len(test_ds), "num_test_samples": test_ds.num_samples,
+               "rows": rows, "latency": latency, "targets": targets,
+               "train_metrics": {k: v for k, v in predictor.meta.get("metrics", {}).items()
+                              if k not in ("val", "test")}}
+    with open(os.path.join(workdir, "eval.json"), "w") as f:
+        json.dump(out, f, indent=1)
+    return out

@@ -49,14 +49,14 @@ def score(point, target, prompt_index, lower=None, upper=None, bucket=None,
     if prompt_point is None:
         prompt_point = np.bincount(pidx, point, minlength=n_prompts) / np.maximum(counts, 1)
     keep = counts > 0
-    out = dict(
-        mae=float(err.mean()),
-        median_rel_err=float(np.median(err / np.maximum(target, 1))),
-        within_50=float(np.mean(err <= 50)),
-        within_100=float(np.mean(err <= 100)),
-        bucket_acc=float(np.mean(bucket == bucket_of(target, edges))),
-        kendall_tau=kendall_tau(np.asarray(prompt_point)[keep], mean_len[keep]),
-        num_samples=int(len(target)), num_prompts=int(keep.sum()))
+    out = {
+        "mae": float(err.mean()),
+        "median_rel_err": float(np.median(err / np.maximum(target, 1))),
+        "within_50": float(np.mean(err <= 50)),
+        "within_100": float(np.mean(err <= 100)),
+        "bucket_acc": float(np.mean(bucket == bucket_of(target, edges))),
+        "kendall_tau": kendall_tau(np.asarray(prompt_point)[keep], mean_len[keep]),
+        "num_samples": len(target), "num_prompts": int(keep.sum())}
     if lower is not None and upper is not None:
         lo, hi = np.asarray(lower), np.asarray(upper)
         out["coverage80"] = float(np.mean((target >= lo) & (target <= hi)))

@@ -76,7 +76,7 @@ class LengthPredictor:
 
     # ---- loading -----------------------------------------------------------------------------
     @classmethod
-    def load(cls, path: str, expect_tokenizer: str | None = None) -> "LengthPredictor":
+    def load(cls, path: str, expect_tokenizer: str | None = None) -> LengthPredictor:
         """Restore a checkpoint written by train_and_evaluate (the `checkpoint` directory, or
         the workdir holding it). ValueError names what is missing or incompatible."""
         params, meta = load_checkpoint(path)
@@ -100,8 +100,9 @@ class LengthPredictor:
             elif isinstance(p, (list, tuple, np.ndarray)):
                 out.append([int(t) for t in p])
             else:
-                raise ValueError(f"prompt {i} must be a string or a list of token ids, got "
-                                 f"{type(p).__name__}")
+                raise ValueError(  # noqa: TRY004  (bad input: ValueError)
+                    f"prompt {i} must be a string or a list of token ids, got "
+                    f"{type(p).__name__}")
         return out
 
     def raw(self, token_ids: Sequence[Sequence[int]]):

@@ -28,7 +28,6 @@ from llmserve.predictor.metrics import BUCKET_EDGES, bucket_of
 from llmserve.predictor.serve import FORMAT, LengthPredictor
 
 
-
 def build_datasets(config, tokenizer):
     """-> (train, val, test, description). Shared data when its files exist, else a
     synthetic trace log (written to `config.data.synthetic_log`) whose lengths depend on
@@ -134,10 +133,16 @@ def train_ensemble(train_ds, val_ds, fspec: feat.FeatureSpec, mspec: model_lib.M
         return optax.apply_updates(params, updates), opt_state, per_member
 
     @jax.jit
-    def val_nll(params, batch, y, mask):
+    def val_metrics(params, batch, y, mask):
         mu, sigma, _ = model_lib.ensemble_apply(mspec, params, batch)
         nll = 0.5 * ((y[None] - mu[..., None]) / sigma[..., None]) ** 2 + jnp.log(sigma[..., None])
-        return (nll * mask[None]).sum((1, 2)) / mask.sum()
+        err = jnp.abs(y[None] - mu[..., None])
+        return ((nll * mask[None]).sum((1, 2)) / mask.sum(),
+                (err * mask[None]).sum((1, 2)) / mask.sum())
+
+    if tc.early_stop_metric not in ("nll", "log_mae"):
+        raise ValueError(f"train.early_stop_metric must be 'nll' or 'log_mae', got "
+                         f"{tc.early_stop_metric!r}")
 
     vb = va.batch(range(va.n), va.n)
     best = jax.tree_util.tree_map(lambda x: x, params)
@@ -156,12 +161,13 @@ def train_ensemble(train_ds, val_ds, fspec: feat.FeatureSpec, mspec: model_lib.M
             params, opt_state, per_member = train_step(params, opt_state, batch, y, mask,
                                                        bucket, boot_w, dkey)
             losses.append(np.asarray(per_member))
-        v = np.asarray(val_nll(params, *vb[:3]))
+        v_nll, v_mae = (np.asarray(x) for x in val_metrics(params, *vb[:3]))
+        v = v_nll if tc.early_stop_metric == "nll" else v_mae
         improved = v < best_val - 1e-4
         if improved.any():
             sel = jnp.asarray(improved)
             best = jax.tree_util.tree_map(
-                lambda b, p: jnp.where(sel.reshape((-1,) + (1,) * (p.ndim - 1)), p, b),
+                lambda b, p, sel=sel: jnp.where(sel.reshape((-1,) + (1,) * (p.ndim - 1)), p, b),
                 best, params)
             best_val = np.where(improved, v, best_val)
             best_epoch = np.where(improved, epoch, best_epoch)
@@ -169,16 +175,18 @@ def train_ensemble(train_ds, val_ds, fspec: feat.FeatureSpec, mspec: model_lib.M
         else:
             since_improved += 1
         tl = float(np.mean(losses))
-        history.append(dict(epoch=epoch, train_loss=tl, val_nll=v.tolist()))
-        logging.info("epoch %3d  train loss %.4f  val NLL per member %s  best %.4f  (%.1fs)",
-                     epoch, tl, np.array2string(v, precision=3), best_val.mean(),
+        history.append({"epoch": epoch, "train_loss": tl, "val_nll": v_nll.tolist(),
+                            "val_log_mae": v_mae.tolist()})
+        logging.info("epoch %3d  train loss %.4f  val NLL %s  val log-MAE %s  best %s %.4f "
+                     "(%.1fs)", epoch, tl, np.array2string(v_nll, precision=3),
+                     np.array2string(v_mae, precision=3), tc.early_stop_metric, best_val.mean(),
                      time.perf_counter() - t_start)
         if since_improved >= tc.patience:
             logging.info("early stop: no member improved for %d epochs", tc.patience)
             break
-    info = dict(y_mean=y_mean, y_std=y_std, history=history, best_epoch=best_epoch.tolist(),
-                best_val_nll=best_val.tolist(), epochs_run=len(history),
-                train_seconds=time.perf_counter() - t_start)
+    info = {"y_mean": y_mean, "y_std": y_std, "history": history, "best_epoch": best_epoch.tolist(),
+                "best_val": best_val.tolist(), "epochs_run": len(history),
+                "train_seconds": time.perf_counter() - t_start}
     return best, info
 
 
@@ -217,20 +225,20 @@ def train_and_evaluate(config, workdir: str) -> dict:
     fspec, mspec = feature_spec(config), model_spec(config)
     params, info = train_ensemble(train, val, fspec, mspec, config.train,
                                   tuple(config.bucket_edges))
-    meta = dict(format=FORMAT, feature_spec=fspec.to_dict(), model_spec=mspec.to_dict(),
-                ensemble_size=config.train.ensemble_size, y_mean=info["y_mean"],
-                y_std=info["y_std"], bucket_edges=list(config.bucket_edges),
-                interval=float(config.interval), interval_scale=1.0,
-                config=json.loads(config.to_json()), data=desc)
+    meta = {"format": FORMAT, "feature_spec": fspec.to_dict(), "model_spec": mspec.to_dict(),
+                "ensemble_size": config.train.ensemble_size, "y_mean": info["y_mean"],
+                "y_std": info["y_std"], "bucket_edges": list(config.bucket_edges),
+                "interval": float(config.interval), "interval_scale": 1.0,
+                "config": json.loads(config.to_json()), "data": desc}
     predictor = LengthPredictor(params, meta, tokenizer=tokenizer)
     if config.calibrate_interval:
         meta["interval_scale"] = predictor.calibrate(val)
-    metrics = dict(data=desc, num_prompts=dict(train=len(train), val=len(val), test=len(test)),
-                   num_params=model_lib.num_params(params),
-                   train_seconds=info["train_seconds"], epochs_run=info["epochs_run"],
-                   best_epoch=info["best_epoch"], best_val_nll=info["best_val_nll"],
-                   interval_scale=meta["interval_scale"],
-                   val=score_predictor(predictor, val))
+    metrics = {"data": desc, "num_prompts": {"train": len(train), "val": len(val), "test": len(test)},
+                   "num_params": model_lib.num_params(params),
+                   "train_seconds": info["train_seconds"], "epochs_run": info["epochs_run"],
+                   "best_epoch": info["best_epoch"], "best_val": info["best_val"],
+                   "interval_scale": meta["interval_scale"],
+                   "val": score_predictor(predictor, val)}
     if len(test):
         metrics["test"] = score_predictor(predictor, test)
     meta["metrics"] = metrics

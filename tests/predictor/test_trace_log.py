@@ -3,11 +3,15 @@ import json
 import os
 
 import pytest
+from engine_utils import engine
 
 from llmserve.sampling_params import SamplingParams
-from llmserve.workload.trace_log import (TraceLogWriter, make_record, read_trace_log,
-                                         write_trace_log)
-from engine_utils import engine
+from llmserve.workload.trace_log import (
+    TraceLogWriter,
+    make_record,
+    read_trace_log,
+    write_trace_log,
+)
 
 
 def _recs(n):

@@ -1,0 +1,41 @@
+"""Evaluate a trained length predictor on its held-out test split, against baselines, the
+noise floor and the targets; time predict() on batches of 64.
+
+  python scripts/eval_predictor.py --config=configs/predictor.py --workdir=runs/predictor
+
+Writes WORKDIR/eval.json.
+"""
+import os
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from llmserve.predictor.evaluate import ROW_ORDER, format_table, run_evaluation
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/predictor.py", "predictor config")
+_WORKDIR = flags.DEFINE_string("workdir", "runs/predictor", "holds the checkpoint")
+
+
+def main(argv):
+    del argv
+    c = _CONFIG.value
+    res = run_evaluation(_WORKDIR.value, c.eval.latency_batch_size, c.eval.latency_repeats)
+    rows = res["rows"]
+    members = sorted(k for k in rows if k.startswith("member_") and k != "member_avg")
+    print(f"data: {res['data']}; held-out: {res['num_test_prompts']} prompts, "
+          f"{res['num_test_samples']} samples")
+    print(format_table(rows, list(ROW_ORDER[:2]) + members + list(ROW_ORDER[2:])))
+    for kind, lat in res["latency"].items():
+        print(f"latency ({kind}, batch {lat['batch_size']}): {lat['ms_per_request']:.4f} "
+              f"ms/request (p90 {lat['ms_per_request_p90']:.4f}), first call "
+              f"{lat['first_call_ms']:.0f} ms")
+    for name, ok in res["targets"].items():
+        print(f"target {name}: {'met' if ok else 'NOT met'}")
+    print(f"results: {os.path.join(_WORKDIR.value, 'eval.json')}")
+
+
+if __name__ == "__main__":
+    app.run(main)
