@@ -57,9 +57,10 @@ def num_sms() -> int:
 
 
 def default_block_kv(page_size: int, head_dim: int, dtype) -> int:
-    """KV tokens per inner step: 128 for 2-byte types, 64 for float32 (same bytes)."""
-    block = 128 if jnp.dtype(dtype).itemsize <= 2 else 64
-    return max(block, page_size)
+    """KV tokens per inner step: 64 (the H200 sweep of 2026-11-28 in BENCHMARKS.md: 64 with
+    2 warps / 4 stages was best or within 2% of it at B=1, 64, 256)."""
+    del dtype
+    return max(64, page_size)
 
 
 def choose_num_splits(batch: int, num_kv_heads: int, max_context: int, block_kv: int,
@@ -274,7 +275,7 @@ def resolve_block_kv(block_kv, page_size, head_dim, dtype) -> int:
 
 
 def paged_decode_attention(q, k_pages, v_pages, block_tables, seq_lens, *, sm_scale=None,
-                           block_kv=None, num_splits=None, num_warps=4, num_stages=2,
+                           block_kv=None, num_splits=None, num_warps=2, num_stages=4,
                            interpret=False):
     """Decode attention over paged KV: q [B, Hq, D] -> [B, Hq, D].
 

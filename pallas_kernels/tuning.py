@@ -10,14 +10,14 @@ from __future__ import annotations
 # Decode: KV tile (tokens per inner step), Triton warps and pipeline stages. Ordered by
 # prior likelihood of winning, so a sweep cut short by its time budget tried the best bets.
 DECODE_SWEEP = [
-    {"block_kv": 128, "num_warps": 4, "num_stages": 2},   # default
-    {"block_kv": 64, "num_warps": 4, "num_stages": 3},
-    {"block_kv": 128, "num_warps": 4, "num_stages": 3},
+    {"block_kv": 64, "num_warps": 2, "num_stages": 4},    # default (best of the 1st sweep)
     {"block_kv": 64, "num_warps": 4, "num_stages": 2},
-    {"block_kv": 128, "num_warps": 8, "num_stages": 2},
-    {"block_kv": 64, "num_warps": 2, "num_stages": 4},
-    {"block_kv": 256, "num_warps": 8, "num_stages": 2},
-    {"block_kv": 32, "num_warps": 2, "num_stages": 3},
+    {"block_kv": 64, "num_warps": 2, "num_stages": 6},
+    {"block_kv": 64, "num_warps": 1, "num_stages": 4},
+    {"block_kv": 32, "num_warps": 2, "num_stages": 4},
+    {"block_kv": 128, "num_warps": 4, "num_stages": 4},
+    {"block_kv": 128, "num_warps": 4, "num_stages": 2},   # the first run's default
+    {"block_kv": 64, "num_warps": 4, "num_stages": 4},
 ]
 
 # Multipliers of the automatic flash-decoding split count tried for the best config.

@@ -9,7 +9,6 @@ import jax.numpy as jnp
 ATTENTION_IMPLS = ("reference", "pallas", "pallas_interpret")
 
 
-@jax.tree_util.register_dataclass
 @dataclasses.dataclass
 class AttentionMetadata:
     """Arrays describing one ragged batch; shapes are padded to buckets by the runner.
@@ -19,16 +18,34 @@ class AttentionMetadata:
     seq_lens [S]: context length of each sequence including this step's tokens (0 = padding).
     block_tables [S, max_blocks]: physical block ids of each sequence.
     num_seqs []: number of real sequences.
+    decode_only (static): every sequence has exactly one query row and row i belongs to
+      sequence i, so the decode kernel (flash-decoding splits) can serve the batch.
     """
     slot_mapping: jax.Array
     query_start_loc: jax.Array
     seq_lens: jax.Array
     block_tables: jax.Array
     num_seqs: jax.Array
+    decode_only: bool = False
+
+
+jax.tree_util.register_dataclass(
+    AttentionMetadata,
+    data_fields=["slot_mapping", "query_start_loc", "seq_lens", "block_tables", "num_seqs"],
+    meta_fields=["decode_only"])
 
 
 def paged_attention(q, k_pages, v_pages, md: AttentionMetadata, impl: str = "reference"):
     """q [T, Hq, D] -> [T, Hq, D] over the paged cache (this step's K/V already written)."""
+    if md.decode_only:
+        if impl == "reference":
+            from pallas_kernels import paged_decode_attention_reference
+            return paged_decode_attention_reference(q, k_pages, v_pages, md.block_tables,
+                                                    md.seq_lens)
+        if impl in ("pallas", "pallas_interpret"):
+            from pallas_kernels import paged_decode_attention
+            return paged_decode_attention(q, k_pages, v_pages, md.block_tables, md.seq_lens,
+                                          interpret=impl == "pallas_interpret")
     if impl == "reference":
         from pallas_kernels import ragged_paged_attention_reference
         return ragged_paged_attention_reference(

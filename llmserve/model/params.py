@@ -11,6 +11,8 @@ Layers are a list, not a stacked array, so each layer's KV cache buffer is updat
 """
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -41,25 +43,27 @@ def abstract_params(cfg: ModelConfig) -> dict:
 
 
 def init_params(cfg: ModelConfig, seed: int = 0) -> dict:
-    """Random weights (load_format="dummy"): scaled normals, norms at one, biases small."""
+    """Random weights (load_format="dummy"): scaled normals, norms at one, biases small.
+
+    One small jitted initialiser per distinct leaf shape: a single jit over every leaf of a
+    32-layer model takes minutes to compile.
+    """
     dtype = jnp.dtype(cfg.dtype)
     shapes = param_shapes(cfg)
-    leaves, treedef = jax.tree.flatten(shapes, is_leaf=lambda x: isinstance(x, tuple))
-    paths = [jax.tree_util.keystr(p) for p, _ in
-             jax.tree_util.tree_flatten_with_path(shapes, is_leaf=lambda x: isinstance(x, tuple))[0]]
-    keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
+    is_shape = lambda x: isinstance(x, tuple)  # noqa: E731
+    flat, treedef = jax.tree_util.tree_flatten_with_path(shapes, is_leaf=is_shape)
+    keys = jax.random.split(jax.random.PRNGKey(seed), len(flat))
+    leaves = []
+    for key, (path, shape) in zip(keys, flat):
+        kind = "ones" if "norm" in jax.tree_util.keystr(path) else (
+            "bias" if len(shape) == 1 else "weight")
+        leaves.append(_init_leaf(key, shape, dtype, kind))
+    return jax.tree.unflatten(treedef, leaves)
 
-    @jax.jit
-    def _init(keys):
-        out = []
-        for key, shape, path in zip(keys, leaves, paths):
-            if "norm" in path:
-                out.append(jnp.ones(shape, dtype))
-            elif len(shape) == 1:  # biases
-                out.append((0.02 * jax.random.normal(key, shape, jnp.float32)).astype(dtype))
-            else:
-                std = 1.0 / (shape[0] ** 0.5)
-                out.append((std * jax.random.normal(key, shape, jnp.float32)).astype(dtype))
-        return out
 
-    return jax.tree.unflatten(treedef, _init(keys))
+@functools.partial(jax.jit, static_argnames=("shape", "dtype", "kind"))
+def _init_leaf(key, shape, dtype, kind):
+    if kind == "ones":
+        return jnp.ones(shape, dtype)
+    std = 0.02 if kind == "bias" else 1.0 / (shape[0] ** 0.5)
+    return (std * jax.random.normal(key, shape, jnp.float32)).astype(dtype)

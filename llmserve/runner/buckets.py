@@ -1,8 +1,10 @@
 """Padding buckets: every batch is padded to one of a known, bounded set of shapes.
 
-A shape is (num_tokens, num_seqs, max_blocks_per_seq). num_seqs is tied to num_tokens
-(min(tokens, max_num_seqs)) since a batch never has more sequences than tokens, so the set is
-|token buckets| x |block-table buckets|, all of it compiled by a warm-up.
+A shape is (num_tokens, num_seqs, max_blocks_per_seq, decode_only). num_seqs is tied to
+num_tokens (min(tokens, max_num_seqs)) since a batch never has more sequences than tokens;
+decode_only (one token per sequence, routed to the decode kernel) exists for the token
+buckets that fit max_num_seqs. So the set is about |token buckets| x |block-table buckets|
+x 2, all of it compiled by a warm-up.
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ class Buckets:
         return min(tokens, self.max_num_seqs)
 
     def pick(self, num_tokens: int, num_seqs: int, max_blocks: int) -> tuple[int, int, int]:
+        """(tokens, seqs, blocks) bucket; the runner adds the decode_only flag."""
         i = bisect.bisect_left(self.token_buckets, max(num_tokens, num_seqs))
         if i == len(self.token_buckets):
             raise ValueError(f"batch of {num_tokens} tokens exceeds the largest bucket "
@@ -41,5 +44,12 @@ class Buckets:
                              f"{self.block_buckets[-1]}")
         return t, self.seqs_for(t), self.block_buckets[j]
 
-    def all_shapes(self) -> list[tuple[int, int, int]]:
-        return [(t, self.seqs_for(t), b) for t in self.token_buckets for b in self.block_buckets]
+    def all_shapes(self) -> list[tuple[int, int, int, bool]]:
+        shapes = []
+        for t in self.token_buckets:
+            s = self.seqs_for(t)
+            for b in self.block_buckets:
+                shapes.append((t, s, b, False))
+                if s == t:
+                    shapes.append((t, s, b, True))
+        return shapes

@@ -33,10 +33,11 @@ class RunnerStats:
         return len(self.compiled_shapes)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "attention_impl"), donate_argnums=(1,))
-def _step(params, kv_cache, batch, cfg: ModelConfig, attention_impl: str):
+@functools.partial(jax.jit, static_argnames=("cfg", "attention_impl", "decode_only"),
+                   donate_argnums=(1,))
+def _step(params, kv_cache, batch, cfg: ModelConfig, attention_impl: str, decode_only: bool):
     md = AttentionMetadata(batch["slot_mapping"], batch["query_start_loc"], batch["seq_lens"],
-                           batch["block_tables"], batch["num_seqs"])
+                           batch["block_tables"], batch["num_seqs"], decode_only)
     logits, kv_cache = forward(params, cfg, batch["token_ids"], batch["positions"], kv_cache, md,
                                batch["logits_indices"], attention_impl)
     tokens, logprobs = sample(logits, batch["temperature"], batch["top_k"], batch["top_p"],
@@ -113,7 +114,9 @@ class JaxRunner:
                      num_seqs=np.int32(len(reqs)), logits_indices=logits_idx,
                      temperature=temperature, top_k=top_k, top_p=top_p,
                      seeds=seeds, token_index=token_index)
-        return batch, (T, S, B)
+        # One query row per sequence, row i = sequence i: the decode kernel can take it.
+        decode_only = (T == S and n_tok == len(reqs))
+        return batch, (T, S, B, decode_only)
 
     # ---- device side -----------------------------------------------------------------------
     def execute(self, sched_out: SchedulerOutput) -> RunnerOutput:
@@ -123,7 +126,8 @@ class JaxRunner:
         batch, shape = self.prepare(sched_out)
         t1 = time.perf_counter()
         tokens, logprobs, self.kv_cache = _step(self.params, self.kv_cache, batch,
-                                                 cfg=self.cfg, attention_impl=self.attention_impl)
+                                                 cfg=self.cfg, attention_impl=self.attention_impl,
+                                                 decode_only=shape[3])
         tokens, logprobs = jax.device_get((tokens, logprobs))   # one transfer
         t2 = time.perf_counter()
         st = self.stats
@@ -144,7 +148,7 @@ class JaxRunner:
     def warmup(self, shapes=None) -> int:
         """Compile every bucket shape (or the given ones) ahead of serving. Returns the count."""
         shapes = shapes or self.buckets.all_shapes()
-        for T, S, B in shapes:
+        for T, S, B, decode_only in shapes:
             batch = dict(token_ids=np.zeros(T, np.int32), positions=np.zeros(T, np.int32),
                          slot_mapping=np.full(T, self.num_kv_blocks * self.block_size, np.int32),
                          query_start_loc=np.zeros(S + 1, np.int32),
@@ -154,10 +158,10 @@ class JaxRunner:
                          top_p=np.ones(S, np.float32), seeds=np.zeros(S, np.uint32),
                          token_index=np.zeros(S, np.int32))
             out = _step(self.params, self.kv_cache, batch, cfg=self.cfg,
-                        attention_impl=self.attention_impl)
+                        attention_impl=self.attention_impl, decode_only=decode_only)
             self.kv_cache = out[2]
             jax.block_until_ready(out[0])
-            self.stats.compiled_shapes.add((T, S, B))
+            self.stats.compiled_shapes.add((T, S, B, decode_only))
         return len(shapes)
 
     @staticmethod
