@@ -29,11 +29,14 @@ def get_config():
                                         # byte tokens, 3-5-grams stand in for words)
     c.features.max_prompt_tokens = 512  # longer prompts keep their first 3/4 and last 1/4
     c.features.hash_seed = 0            # changes every hash (a new feature space)
+    c.features.weighting = "share"      # n-gram weights in the bag: share (count / total) or
+                                        # log_l2 (1 + log count, L2-normalised per prompt)
 
     c.model = ml_collections.ConfigDict()
     c.model.embed_dim = 16              # embedding-bag width
     c.model.hidden_dim = 128            # MLP width (two hidden layers)
     c.model.dropout = 0.3               # dropout after each hidden layer while training
+    c.model.bag_dropout = 0.0           # share of a prompt's n-grams dropped while training
 
     c.train = ml_collections.ConfigDict()
     c.train.ensemble_size = 5           # K members, trained together under jax.vmap

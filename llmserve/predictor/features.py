@@ -10,6 +10,7 @@ total is padded to a power of two so jit compiles a bounded number of shapes.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Sequence
 
 import numpy as np
@@ -18,6 +19,7 @@ _MIX = np.uint64(0x9E3779B97F4A7C15)
 _POS_MULT = (0xBF58476D1CE4E5B9, 0x94D049BB133111EB, 0xD6E8FEB86659FD93, 0xA0761D6478BD642F,
              0xE7037ED1A0B428DB, 0x8EBC6AF09C88C6E3)
 NUM_DENSE = 2
+WEIGHTINGS = ("share", "log_l2")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,6 +29,8 @@ class FeatureSpec:
     max_prompt_tokens: int = 1024    # longer prompts keep their first 3/4 and last 1/4
     hash_seed: int = 0
     tokenizer: str = "tiny"          # the serving model (preset name or checkpoint dir)
+    weighting: str = "share"         # n-gram weight: share (count / total) or log_l2
+                                     # (1 + log count, L2-normalised: TF-style damping)
 
     def __post_init__(self):
         if self.table_size < 2:
@@ -37,6 +41,9 @@ class FeatureSpec:
             raise ValueError(f"feature spec ngram_orders must be ints in 1..{len(_POS_MULT)}, "
                              f"got {self.ngram_orders!r}")
         object.__setattr__(self, "ngram_orders", orders)
+        if self.weighting not in WEIGHTINGS:
+            raise ValueError(f"feature spec weighting must be one of {WEIGHTINGS}, "
+                             f"got {self.weighting!r}")
         if self.max_prompt_tokens < 1:
             raise ValueError(f"feature spec max_prompt_tokens must be >= 1, "
                              f"got {self.max_prompt_tokens}")
@@ -82,7 +89,53 @@ def hashed_ngrams(ids: Sequence[int], spec: FeatureSpec) -> tuple[np.ndarray, np
     if not parts:
         return np.zeros(0, np.int32), np.zeros(0, np.float32)
     buckets, counts = np.unique(np.concatenate(parts), return_counts=True)
-    return buckets.astype(np.int32), (counts / counts.sum()).astype(np.float32)
+    return buckets.astype(np.int32), _weights(counts, np.zeros(len(counts), np.int64), 1,
+                                              spec.weighting)
+
+
+def _weights(counts, segments, num_segments, weighting):
+    """Per-n-gram weights from per-(prompt, n-gram) counts, normalised within each prompt."""
+    if weighting == "share":
+        w = counts.astype(np.float64)
+        return (w / np.bincount(segments, w, num_segments)[segments]).astype(np.float32)
+    w = 1.0 + np.log(counts.astype(np.float64))
+    norm = np.sqrt(np.bincount(segments, w * w, num_segments))
+    return (w / norm[segments]).astype(np.float32)
+
+
+def hashed_ngrams_batch(prompts: Sequence[Sequence[int]], spec: FeatureSpec
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every prompt's hashed_ngrams at once, without a Python loop over tokens or n-grams
+    (the serving path): -> (bucket ids, weights, prompt index), grouped by prompt in order.
+    Same buckets and weights as hashed_ngrams on each prompt."""
+    limit = spec.max_prompt_tokens
+    tail = limit // 4
+    cut = [p if len(p) <= limit else list(p[:limit - tail]) + list(p[len(p) - tail:])
+           for p in prompts]
+    lens = np.fromiter((len(p) for p in cut), np.int64, len(cut))
+    total = int(lens.sum())
+    if not total:
+        return np.zeros(0, np.int32), np.zeros(0, np.float32), np.zeros(0, np.int64)
+    nmax = max(spec.ngram_orders)
+    flat = np.zeros(total + nmax, np.uint64)
+    flat[:total] = np.fromiter(itertools.chain.from_iterable(cut), np.int64, total)
+    seg = np.repeat(np.arange(len(cut)), lens)
+    # tokens left in the prompt from each position: an n-gram starts where >= n remain
+    left = np.repeat(np.cumsum(lens), lens) - np.arange(total)
+    keys = []
+    with np.errstate(over="ignore"):
+        for n in spec.ngram_orders:
+            ok = left >= n
+            h = np.full(total, np.uint64(n) * _MIX + np.uint64(spec.hash_seed), np.uint64)
+            for j in range(n):
+                h = (h ^ (flat[j:total + j] + _MIX)) * np.uint64(_POS_MULT[j])
+                h ^= h >> np.uint64(31)
+            keys.append(seg[ok] * spec.table_size + (h[ok] % np.uint64(spec.table_size)
+                                                     ).astype(np.int64))
+    uniq, counts = np.unique(np.concatenate(keys), return_counts=True)
+    segs = uniq // spec.table_size
+    w = _weights(counts, segs, len(cut), spec.weighting)
+    return (uniq % spec.table_size).astype(np.int32), w, segs
 
 
 def dense_features(prompt_len: int) -> np.ndarray:
@@ -109,12 +162,24 @@ def _pad_len(n: int, minimum: int = 256) -> int:
     return max(minimum, 1 << max(0, n - 1).bit_length())
 
 
-def featurize(prompts: Sequence[Sequence[int]], spec: FeatureSpec) -> Batch:
-    """Token-id lists -> a padded ragged Batch."""
-    bags = [hashed_ngrams(p, spec) for p in prompts]
-    return assemble([b[0] for b in bags], [b[1] for b in bags],
-                    np.stack([dense_features(len(p)) for p in prompts]) if len(prompts)
-                    else np.zeros((0, NUM_DENSE), np.float32))
+def featurize(prompts: Sequence[Sequence[int]], spec: FeatureSpec, rows: int | None = None
+              ) -> Batch:
+    """Token-id lists -> a padded ragged Batch (vectorised; `rows` >= len(prompts) pads the
+    batch with empty prompts so a jitted model sees few distinct shapes)."""
+    n = len(prompts)
+    rows = n if rows is None else rows
+    if rows < n:
+        raise ValueError(f"featurize: rows={rows} is fewer than the {n} prompts")
+    ids, w, seg = hashed_ngrams_batch(prompts, spec)
+    padded = _pad_len(len(ids))
+    flat_ids = np.zeros(padded, np.int32)
+    flat_w = np.zeros(padded, np.float32)
+    flat_seg = np.zeros(padded, np.int32)
+    flat_ids[:len(ids)], flat_w[:len(ids)], flat_seg[:len(ids)] = ids, w, seg
+    x = np.log1p(np.fromiter((len(p) for p in prompts), np.float64, n)) / 8.0
+    dense = np.zeros((rows, NUM_DENSE), np.float32)
+    dense[:n, 0], dense[:n, 1] = x, x * x
+    return Batch(flat_ids, flat_seg, flat_w, dense)
 
 
 def assemble(ids: Sequence[np.ndarray], weights: Sequence[np.ndarray],

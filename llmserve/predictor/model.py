@@ -29,6 +29,7 @@ class ModelSpec:
     hidden_dim: int = 128
     num_buckets: int = 3
     dropout: float = 0.1
+    bag_dropout: float = 0.0   # share of a prompt's n-grams dropped while training
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -40,6 +41,12 @@ class Member(nn.Module):
     @nn.compact
     def __call__(self, ids, segments, weights, dense, train: bool = False):
         s = self.spec
+        if train and s.bag_dropout > 0:
+            # n-gram dropout: a member cannot lean on the few n-grams that identify a
+            # training prompt (memorising it), so it learns from the many shared ones
+            keep = jax.random.bernoulli(self.make_rng("dropout"), 1 - s.bag_dropout,
+                                        weights.shape)
+            weights = weights * keep
         emb = nn.Embed(s.table_size, s.embed_dim,
                        embedding_init=nn.initializers.normal(stddev=0.1), name="bag")(ids)
         bag = jax.ops.segment_sum(emb * weights[:, None], segments,
@@ -86,3 +93,40 @@ def member_apply(spec: ModelSpec, member_params, batch):
 
 def num_params(params) -> int:
     return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(params)))
+
+
+def serving_params(params):
+    """The ensemble's params laid out for serving_apply: the K embedding tables side by side
+    ([T, K*E]) so one gather fetches every member's row of an n-gram."""
+    emb = params["bag"]["embedding"]                                        # [K, T, E]
+    k, t, e = emb.shape
+    out = {n: v for n, v in params.items() if n != "bag"}
+    out["bag_table"] = jnp.transpose(emb, (1, 0, 2)).reshape(t, k * e)
+    return jax.device_put(out)
+
+
+@jax.jit
+def serving_apply(sparams, batch):
+    """ensemble_apply (eval mode) written for latency: one gather of [N, K*E] rows and one
+    sorted segment sum for all members, then the members' small MLPs as batched einsums.
+    -> (mu [K,B], sigma [K,B], probs [K,B,C])."""
+    table = sparams["bag_table"]
+    k, e = sparams["bag_norm"]["scale"].shape
+    b = batch.dense.shape[0]
+    rows = table[batch.ids] * batch.weights[:, None]
+    bag = jax.ops.segment_sum(rows, batch.segments, num_segments=b, indices_are_sorted=True)
+    bag = jnp.transpose(bag.reshape(b, k, e), (1, 0, 2))                     # [K, B, E]
+    mean = bag.mean(-1, keepdims=True)
+    var = jnp.square(bag - mean).mean(-1, keepdims=True)
+    ln = sparams["bag_norm"]
+    x = (bag - mean) * jax.lax.rsqrt(var + 1e-6) * ln["scale"][:, None] + ln["bias"][:, None]
+    x = jnp.concatenate([x, jnp.broadcast_to(batch.dense, (k,) + batch.dense.shape)], -1)
+
+    def dense(name, x):
+        return jnp.einsum("kbi,kio->kbo", x, sparams[name]["kernel"]) + \
+            sparams[name]["bias"][:, None]
+    for i in range(2):
+        x = nn.gelu(dense(f"hidden{i}", x))
+    mu = dense("mean", x)[..., 0]
+    sigma = nn.softplus(dense("std", x)[..., 0]) + 1e-3
+    return mu, sigma, jax.nn.softmax(dense("buckets", x), -1)

@@ -60,8 +60,7 @@ class LengthPredictor:
         self.interval = float(meta["interval"])
         self.interval_scale = float(meta["interval_scale"])
         self._tokenizer = tokenizer
-        spec = self.model_spec
-        self._apply = jax.jit(lambda p, b: model_lib.ensemble_apply(spec, p, b))
+        self._serving = model_lib.serving_params(params)  # kept on device between calls
 
     @property
     def num_members(self) -> int:
@@ -109,18 +108,9 @@ class LengthPredictor:
         """-> (mu [K,N], sigma [K,N]) in log(1 + length) and probs [K,N,C]."""
         n = len(token_ids)
         rows = max(8, 1 << max(0, n - 1).bit_length())  # bounded number of compiled shapes
-        bags = [feat.hashed_ngrams(p, self.feature_spec) for p in token_ids]
-        dense = np.zeros((rows, feat.NUM_DENSE), np.float32)
-        for i, p in enumerate(token_ids):
-            dense[i] = feat.dense_features(len(p))
-        pad = [(np.zeros(0, np.int32), np.zeros(0, np.float32))] * (rows - n)
-        batch = feat.assemble([b[0] for b in bags + pad], [b[1] for b in bags + pad], dense)
-        mu, sigma, logits = jax.device_get(self._apply(self.params, batch))
-        mu = mu[:, :n] * self.y_std + self.y_mean
-        sigma = sigma[:, :n] * self.y_std
-        logits = logits[:, :n]
-        probs = np.exp(logits - logits.max(-1, keepdims=True))
-        return mu, sigma, probs / probs.sum(-1, keepdims=True)
+        batch = feat.featurize(token_ids, self.feature_spec, rows)
+        mu, sigma, probs = jax.device_get(model_lib.serving_apply(self._serving, batch))
+        return mu[:, :n] * self.y_std + self.y_mean, sigma[:, :n] * self.y_std, probs[:, :n]
 
     def predict(self, prompts) -> Prediction:
         ids = self.encode(prompts)

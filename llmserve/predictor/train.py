@@ -194,14 +194,14 @@ def feature_spec(config) -> feat.FeatureSpec:
     f = config.features
     return feat.FeatureSpec(table_size=f.table_size, ngram_orders=tuple(f.ngram_orders),
                             max_prompt_tokens=f.max_prompt_tokens, hash_seed=f.hash_seed,
-                            tokenizer=config.tokenizer)
+                            tokenizer=config.tokenizer, weighting=f.weighting)
 
 
 def model_spec(config) -> model_lib.ModelSpec:
     m = config.model
     return model_lib.ModelSpec(table_size=config.features.table_size, embed_dim=m.embed_dim,
                                hidden_dim=m.hidden_dim, num_buckets=len(config.bucket_edges) + 1,
-                               dropout=m.dropout)
+                               dropout=m.dropout, bag_dropout=m.bag_dropout)
 
 
 def save_checkpoint(path: str, params, meta: dict) -> None:

@@ -55,6 +55,46 @@ def test_hashing_is_deterministic_and_bounded():
         features.FeatureSpec(ngram_orders=(0,))
 
 
+@pytest.mark.parametrize("weighting", ["share", "log_l2"])
+def test_batched_hashing_equals_per_prompt_hashing(weighting):
+    # Oracle: the per-prompt hashed_ngrams; truncation and prompts shorter than an order
+    # included (an n-gram must never straddle two prompts).
+    spec = features.FeatureSpec(table_size=1 << 20, ngram_orders=(1, 3, 5),
+                                max_prompt_tokens=9, weighting=weighting)
+    rng = np.random.default_rng(0)
+    prompts = [list(rng.integers(0, 259, n)) for n in (0, 1, 4, 9, 30, 2, 17)]
+    ids, w, seg = features.hashed_ngrams_batch(prompts, spec)
+    for i, p in enumerate(prompts):
+        ref_ids, ref_w = features.hashed_ngrams(p, spec)
+        np.testing.assert_array_equal(ids[seg == i], ref_ids)
+        np.testing.assert_allclose(w[seg == i], ref_w, rtol=1e-6)
+    # 1 + log count, L2-normalised: [7, 7, 7, 8] unigrams -> (1 + log 3, 1) / norm
+    one = features.FeatureSpec(table_size=97, ngram_orders=(1,), weighting="log_l2")
+    b, wt = features.hashed_ngrams([7, 7, 7, 8], one)
+    want = np.array([1 + np.log(3), 1.0]) / np.hypot(1 + np.log(3), 1.0)
+    np.testing.assert_allclose(sorted(wt), sorted(want), rtol=1e-6)
+    with pytest.raises(ValueError, match="weighting"):
+        features.FeatureSpec(weighting="tfidf")
+
+
+def test_serving_forward_equals_each_member():
+    # Oracle: each member's own flax apply, one at a time.
+    spec = model_lib.ModelSpec(table_size=64, embed_dim=4, hidden_dim=8, dropout=0.0)
+    params = model_lib.ensemble_init(spec, jax.random.PRNGKey(5), 3)
+    params = jax.tree_util.tree_map(  # non-trivial LayerNorm params
+        lambda x: x + 0.1 * jax.random.normal(jax.random.PRNGKey(1), x.shape), params)
+    fspec = features.FeatureSpec(table_size=64)
+    batch = features.featurize([[1, 2, 3, 4], [7, 7], [], [9, 1, 2]], fspec, rows=8)
+    mu, sigma, probs = model_lib.serving_apply(model_lib.serving_params(params), batch)
+    assert mu.shape == (3, 8) and probs.shape == (3, 8, 3)
+    for k in range(3):
+        member = jax.tree_util.tree_map(lambda x, k=k: x[k], params)
+        m1, s1, l1 = model_lib.member_apply(spec, member, batch)
+        np.testing.assert_allclose(mu[k], m1, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(sigma[k], s1, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(probs[k], jax.nn.softmax(l1, -1), rtol=1e-5, atol=1e-6)
+
+
 def test_vmapped_ensemble_equals_members_run_one_by_one():
     spec = model_lib.ModelSpec(table_size=64, embed_dim=4, hidden_dim=8, dropout=0.0)
     params = model_lib.ensemble_init(spec, jax.random.PRNGKey(3), 4)
