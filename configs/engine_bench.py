@@ -50,9 +50,11 @@ def get_config():
     c.hf.python = ".ref311/bin/python"      # Python 3.11 venv with torch + transformers
     c.hf.threads = 0                        # torch intra-op threads; 0 = os.cpu_count()
     c.hf.attn_implementation = "sdpa"       # sdpa (fastest on CPU) | eager
-    c.hf.omp_wait_policy = "PASSIVE"        # OMP_WAIT_POLICY for torch; on a shared, busy
-    #                                         machine ACTIVE (spinning) threads ran 3-6x slower
-    #                                         than PASSIVE; "" leaves torch's default
+    c.hf.omp_wait_policy = ",PASSIVE"       # comma list of OMP_WAIT_POLICY values for torch
+    #                                         ("" = torch's default); one warm process each,
+    #                                         all run every round and the fastest counts. On a
+    #                                         busy shared machine the default spinning threads
+    #                                         ran 3-6x slower than PASSIVE; idle, default wins
     c.hf.batch_size = 0                     # static batch size; 0 = the whole case at once
     c.hf.timeout_s = 1800                   # give up on one HF run after this long
 

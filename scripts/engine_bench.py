@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import select
 import statistics
 import subprocess
 import sys
@@ -86,7 +87,7 @@ def case_b(c, rng) -> dict:
 class HFReference:
     """A warm scripts/hf_reference_bench.py subprocess; one JSON line per run."""
 
-    def __init__(self, c, checkpoint: str):
+    def __init__(self, c, checkpoint: str, omp_wait_policy: str = ""):
         py = c.hf.python if os.path.isabs(c.hf.python) else os.path.join(ROOT, c.hf.python)
         if not os.path.exists(py):
             raise app.UsageError(f"reference Python {py} not found; create it with: python3.11 -m "
@@ -95,18 +96,22 @@ class HFReference:
         threads = c.hf.threads or os.cpu_count()
         env = {**os.environ, "TQDM_DISABLE": "1", "TRANSFORMERS_VERBOSITY": "error"}
         env.pop("PYTHONPATH", None)
-        if c.hf.omp_wait_policy:
-            env["OMP_WAIT_POLICY"] = c.hf.omp_wait_policy
+        if omp_wait_policy:
+            env["OMP_WAIT_POLICY"] = omp_wait_policy
         self.timeout_s = c.hf.timeout_s
         self.proc = subprocess.Popen(
             [py, os.path.join(ROOT, "scripts", "hf_reference_bench.py"), "--checkpoint",
              checkpoint, "--threads", str(threads), "--attn_implementation",
              c.hf.attn_implementation], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             text=True, env=env)
-        self.info = self._read()
+        self.info = {**self._read(), "omp_wait_policy": omp_wait_policy or "default"}
         logging.info("transformers side ready: %s", self.info)
 
     def _read(self) -> dict:
+        ready, _, _ = select.select([self.proc.stdout], [], [], self.timeout_s)
+        if not ready:
+            self.proc.kill()
+            raise RuntimeError(f"hf_reference_bench.py gave no answer in {self.timeout_s}s")
         line = self.proc.stdout.readline()
         if not line:
             raise RuntimeError(f"hf_reference_bench.py exited (code {self.proc.wait()}); see its "
@@ -189,9 +194,11 @@ def main(argv):
         save_hf_checkpoint(init_params(cfg, c.seed), cfg, ckpt)
         logging.info("saved %s (%d params) as an HF checkpoint in %s", c.model, cfg.num_params(),
                      ckpt)
-        hf = HFReference(c, ckpt)
+        policies = [p.strip() for p in c.hf.omp_wait_policy.split(",")] or [""]
+        hfs = []
         try:
-            results["transformers"] = hf.info
+            hfs = [HFReference(c, ckpt, pol) for pol in policies]
+            results["transformers"] = hfs[0].info
             t0 = time.perf_counter()
             llm = LLM(ckpt, dtype="float32", seed=c.seed, **c.engine.to_dict())
             results["ours_load_s"] = time.perf_counter() - t0
@@ -205,7 +212,12 @@ def main(argv):
                 for r in range(c.rounds):
                     load = os.getloadavg()[0]
                     ours = run_ours(llm, case)
-                    theirs = hf.run(case, c.hf.batch_size)
+                    # Every OMP policy runs; the round's figure is the best one's.
+                    tries = [hf.run(case, c.hf.batch_size) for hf in hfs]
+                    for t, hf in zip(tries, hfs):
+                        t["omp_wait_policy"] = hf.info["omp_wait_policy"]
+                    theirs = min(tries, key=lambda t: t["wall_s"])
+                    theirs["all_policies"] = {t["omp_wait_policy"]: t["wall_s"] for t in tries}
                     logging.info("case %s round %d: ours %.1f tok/s, transformers %.1f tok/s "
                                  "(load %.1f)", case["name"], r, ours["tokens_per_s"],
                                  theirs["tokens_per_s"], load)
@@ -214,7 +226,8 @@ def main(argv):
             results["total_compiles"] = JaxRunner.jit_cache_size()
             results["compiled_shapes"] = sorted(llm.engine.runner.stats.compiled_shapes)
         finally:
-            hf.close()
+            for hf in hfs:
+                hf.close()
     results["machine"]["loadavg_end"] = os.getloadavg()
     results["machine"]["busy"] = any(
         run["loadavg"] > 1.25 * (os.cpu_count() or 1)
@@ -255,7 +268,8 @@ def summarize(case: dict, runs: list[dict], warm: dict | None, c) -> dict:
 def print_table(results: dict, c) -> None:
     print()
     print(f"engine_bench: model {c.model} float32, {results['machine']['cpus']} CPUs, "
-          f"OMP_WAIT_POLICY={c.hf.omp_wait_policy or 'default'}, "
+          f"transformers: best of OMP_WAIT_POLICY={c.hf.omp_wait_policy or 'default'} "
+          f"per round, "
           f"{c.rounds} alternating rounds (A B ...), medians; "
           f"transformers {results['transformers'].get('transformers')} "
           f"torch {results['transformers'].get('torch')} "
