@@ -11,11 +11,18 @@ def get_config():
     c.bucket_edges = (50, 500)          # bucket boundaries in tokens: [0,50) [50,500) [500,inf)
     c.interval = 0.8                    # central predictive interval reported as lower/upper
     c.calibrate_interval = True         # scale the interval to cover `interval` on validation
+    c.calibrate_out_of_bag = False      # ... pooled with each training prompt scored by the
+                                        # members whose bootstrap left it out
 
     c.data = ml_collections.ConfigDict()
     # KIND:PATH_GLOB (castillo | instruct | sharegpt | trace_log); sources whose files are
     # absent are skipped, and with none left a synthetic trace log is used.
     c.data.sources = (f"castillo:{_DATA}/castillo_llama31_8b_*_validate.json",)
+    # Auxiliary training data, KIND:PATH_GLOB as above: prompts answered by other responders
+    # (Dolly: humans, Alpaca: text-davinci-003), each its own task head, so they teach the
+    # n-gram features which instructions ask for long answers without claiming Llama's
+    # lengths. Prompts that also appear in validation/test are dropped. Absent files skipped.
+    c.data.aux_sources = ()
     c.data.trace_log = ""               # an engine trace log (JSONL) to train on as well
     c.data.split = (0.7, 0.1, 0.2)      # train / validation (early stop, calibration) / test,
                                         # by prompt
@@ -37,6 +44,7 @@ def get_config():
     c.model.hidden_dim = 128            # MLP width (two hidden layers)
     c.model.dropout = 0.3               # dropout after each hidden layer while training
     c.model.bag_dropout = 0.0           # share of a prompt's n-grams dropped while training
+    c.model.wide = False                # + a linear weight per n-gram on the mean (wide & deep)
 
     c.train = ml_collections.ConfigDict()
     c.train.ensemble_size = 5           # K members, trained together under jax.vmap
@@ -47,14 +55,24 @@ def get_config():
     c.train.early_stop_metric = "log_mae"  # per-member model selection on validation: log_mae
                                         # (|log length error|) or nll (overconfident stds
                                         # make NLL turn up epochs before the means stop improving)
+                                        # or ensemble_log_mae (one epoch for all members)
     c.train.learning_rate = 1e-3        # AdamW peak learning rate
     c.train.warmup_frac = 0.05          # linear warm-up share of all steps, then cosine decay
     c.train.weight_decay = 1e-4         # AdamW decoupled weight decay
     c.train.clip_norm = 1.0             # per-member global gradient-norm clip
+    c.train.nll_beta = 0.0              # beta-NLL: NLL terms weighted by sigma^(2 beta) (no
+                                        # gradient), 0 = plain Gaussian NLL
+    c.train.aux_weight = 0.5            # loss weight of an auxiliary prompt next to a served one
     c.train.bucket_loss_weight = 0.5    # weight of the bucket cross-entropy next to the NLL
     c.train.seed = 0                    # init, bootstrap, dropout and batch order
 
     c.eval = ml_collections.ConfigDict()
     c.eval.latency_batch_size = 64      # prompts per predict() call in the latency figure
     c.eval.latency_repeats = 50         # timed calls (after one warm-up call)
+    c.eval.workload_log = ""            # if set: write every held-out (prompt, sampled length)
+                                        # as a request of a trace log here, for the benchmark's
+                                        # workload.kind=jsonl (end-to-end on unseen prompts)
+    c.eval.workload_rate = 1.0          # its Poisson arrival rate, requests/s
+    c.eval.workload_max_len = 8192      # leave out requests whose prompt + output exceed this
+                                        # (the serving model's max_model_len); 0 = keep all
     return c

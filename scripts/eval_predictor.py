@@ -22,7 +22,8 @@ _WORKDIR = flags.DEFINE_string("workdir", "runs/predictor", "holds the checkpoin
 def main(argv):
     del argv
     c = _CONFIG.value
-    res = run_evaluation(_WORKDIR.value, c.eval.latency_batch_size, c.eval.latency_repeats)
+    res = run_evaluation(_WORKDIR.value, c.eval.latency_batch_size, c.eval.latency_repeats,
+                         c.eval.workload_log, c.eval.workload_rate, c.eval.workload_max_len)
     rows = res["rows"]
     members = sorted(k for k in rows if k.startswith("member_") and k != "member_avg")
     print(f"data: {res['data']}; held-out: {res['num_test_prompts']} prompts, "
@@ -34,6 +35,8 @@ def main(argv):
               f"{lat['first_call_ms']:.0f} ms")
     for name, ok in res["targets"].items():
         print(f"target {name}: {'met' if ok else 'NOT met'}")
+    if res.get("workload_log"):
+        print(f"held-out workload: {res['workload_requests']} requests -> {res['workload_log']}")
     print(f"results: {os.path.join(_WORKDIR.value, 'eval.json')}")
 
 

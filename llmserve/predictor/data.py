@@ -105,7 +105,7 @@ def _load_json_list(path: str) -> list:
         except json.JSONDecodeError as e:
             raise ValueError(f"{path} is not valid JSON: {e}") from None
     if not isinstance(data, list):
-        raise ValueError(f"{path}: expected a JSON list of records, got {type(data).__name__}")  # noqa: TRY004  (bad input is a ValueError here)
+        raise ValueError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
     return data
 
 
@@ -173,7 +173,8 @@ def from_sharegpt(path: str, tokenizer) -> LengthDataset:
         if reply is None:
             continue
         text = str(human.get("value", ""))
-        items.append((tokenizer.encode(text), text, [_response_len(tokenizer, str(reply["value"]))]))
+        out_len = _response_len(tokenizer, str(reply["value"]))
+        items.append((tokenizer.encode(text), text, [out_len]))
     return _group(items, os.path.basename(path))
 
 

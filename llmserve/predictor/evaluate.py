@@ -146,10 +146,13 @@ def format_table(rows: dict, order=None) -> str:
 ROW_ORDER = ("ensemble", "member_avg", "constant", "prompt_len_regression", "noise_floor")
 
 
-def run_evaluation(workdir: str, latency_batch_size: int = 64, latency_repeats: int = 50) -> dict:
+def run_evaluation(workdir: str, latency_batch_size: int = 64, latency_repeats: int = 50,
+                   workload_log: str = "", workload_rate: float = 1.0,
+                   workload_max_len: int = 0) -> dict:
     """Score the checkpoint in workdir on the held-out test split of the data it was trained
     on (the split is rebuilt from the config stored in the checkpoint), time predict(), and
-    write workdir/eval.json. -> the results (rows, latency, targets)."""
+    write workdir/eval.json; with `workload_log`, also write the held-out end-to-end workload
+    there (write_heldout_workload). -> the results (rows, latency, targets)."""
     import json
     import os
 
@@ -182,6 +185,36 @@ def run_evaluation(workdir: str, latency_batch_size: int = 64, latency_repeats: 
                "rows": rows, "latency": latency, "targets": targets,
                "train_metrics": {k: v for k, v in predictor.meta.get("metrics", {}).items()
                               if k not in ("val", "test")}}
+    if workload_log:
+        out["workload_log"] = workload_log
+        out["workload_requests"] = write_heldout_workload(test_ds, workload_log, workload_rate,
+                                                          config.data.split_seed,
+                                                          workload_max_len)
     with open(os.path.join(workdir, "eval.json"), "w") as f:
         json.dump(out, f, indent=1)
     return out
+
+
+def write_heldout_workload(test_ds, path: str, rate: float, seed: int = 0,
+                           max_total_len: int = 0) -> int:
+    """Every held-out (prompt, sampled length) pair as one request of a trace log
+    (`workload.kind = jsonl` in the benchmark), in a seeded random order with Poisson
+    arrivals at `rate` req/s: the end-to-end workload on prompts the predictor never saw.
+    Pairs whose prompt + output exceed `max_total_len` (> 0) are left out (the serving
+    model could not hold them). -> the number of requests."""
+    from llmserve.workload.trace_log import make_record, write_trace_log
+    if not rate > 0:
+        raise ValueError(f"eval.workload_rate must be > 0 req/s, got {rate}")
+    pidx, y = test_ds.per_sample()
+    if max_total_len > 0:
+        fits = np.array([len(test_ds.prompts[i]) for i in pidx]) + y <= max_total_len
+        pidx, y = pidx[fits], y[fits]
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(y))
+    arrivals = np.cumsum(rng.exponential(1.0 / rate, len(y)))
+    arrivals -= arrivals[0]
+    write_trace_log(path, (make_record(f"heldout-{j}", test_ds.prompts[pidx[i]], int(y[i]),
+                                       prompt_text=test_ds.texts[pidx[i]], finish_reason="stop",
+                                       arrival_s=float(t))
+                           for j, (i, t) in enumerate(zip(order, arrivals))))
+    return len(y)

@@ -30,6 +30,10 @@ class ModelSpec:
     num_buckets: int = 3
     dropout: float = 0.1
     bag_dropout: float = 0.0   # share of a prompt's n-grams dropped while training
+    wide: bool = False         # + a linear term per n-gram on the served mean (wide & deep):
+                               # many weak n-gram cues add up without the 16-wide bottleneck
+    num_tasks: int = 1         # mean/std heads: task 0 = the served lengths, 1.. = auxiliary
+                               # datasets (other responders) that only shape the features
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -39,7 +43,8 @@ class Member(nn.Module):
     spec: ModelSpec
 
     @nn.compact
-    def __call__(self, ids, segments, weights, dense, train: bool = False):
+    def __call__(self, ids, segments, weights, dense, train: bool = False,
+                 all_tasks: bool = False):
         s = self.spec
         if train and s.bag_dropout > 0:
             # n-gram dropout: a member cannot lean on the few n-grams that identify a
@@ -55,11 +60,18 @@ class Member(nn.Module):
         for i in range(2):
             x = nn.gelu(nn.Dense(s.hidden_dim, name=f"hidden{i}")(x))
             x = nn.Dropout(s.dropout, deterministic=not train)(x)
-        mu = nn.Dense(1, name="mean")(x)[:, 0]
+        mu = nn.Dense(s.num_tasks, name="mean")(x)
+        if s.wide:
+            lin = nn.Embed(s.table_size, 1, embedding_init=nn.initializers.zeros,
+                           name="wide")(ids)[:, 0]
+            mu = mu.at[:, 0].add(jax.ops.segment_sum(lin * weights, segments,
+                                                     num_segments=dense.shape[0]))
         # Softplus keeps the std positive and away from the NLL's degenerate 0.
-        sigma = nn.softplus(nn.Dense(1, name="std")(x)[:, 0]) + 1e-3
+        sigma = nn.softplus(nn.Dense(s.num_tasks, name="std")(x)) + 1e-3
         logits = nn.Dense(s.num_buckets, name="buckets")(x)
-        return mu, sigma, logits
+        if all_tasks:
+            return mu, sigma, logits         # [B, T], [B, T], [B, C]
+        return mu[:, 0], sigma[:, 0], logits
 
 
 def ensemble_init(spec: ModelSpec, key, num_members: int):
@@ -71,8 +83,10 @@ def ensemble_init(spec: ModelSpec, key, num_members: int):
     return jax.vmap(lambda k: member.init(k, *dummy)["params"])(keys)
 
 
-def ensemble_apply(spec: ModelSpec, params, batch, train: bool = False, dropout_key=None):
-    """-> (mu [K,B], sigma [K,B], logits [K,B,C]): every member on the same batch."""
+def ensemble_apply(spec: ModelSpec, params, batch, train: bool = False, dropout_key=None,
+                   all_tasks: bool = False):
+    """-> (mu [K,B], sigma [K,B], logits [K,B,C]): every member on the same batch (with
+    all_tasks, mu and sigma are [K,B,T])."""
     member = Member(spec)
     ids, seg, w, dense = (jnp.asarray(batch.ids), jnp.asarray(batch.segments),
                           jnp.asarray(batch.weights), jnp.asarray(batch.dense))
@@ -80,8 +94,9 @@ def ensemble_apply(spec: ModelSpec, params, batch, train: bool = False, dropout_
     if train:
         keys = jax.random.split(dropout_key, k)
         return jax.vmap(lambda p, r: member.apply({"params": p}, ids, seg, w, dense, True,
-                                                  rngs={"dropout": r}))(params, keys)
-    return jax.vmap(lambda p: member.apply({"params": p}, ids, seg, w, dense))(params)
+                                                  all_tasks, rngs={"dropout": r}))(params, keys)
+    return jax.vmap(lambda p: member.apply({"params": p}, ids, seg, w, dense, False,
+                                           all_tasks))(params)
 
 
 def member_apply(spec: ModelSpec, member_params, batch):
@@ -100,8 +115,11 @@ def serving_params(params):
     ([T, K*E]) so one gather fetches every member's row of an n-gram."""
     emb = params["bag"]["embedding"]                                        # [K, T, E]
     k, t, e = emb.shape
-    out = {n: v for n, v in params.items() if n != "bag"}
-    out["bag_table"] = jnp.transpose(emb, (1, 0, 2)).reshape(t, k * e)
+    out = {n: v for n, v in params.items() if n not in ("bag", "wide")}
+    table = jnp.transpose(emb, (1, 0, 2)).reshape(t, k * e)
+    if "wide" in params:  # the wide weights ride in the same gather: columns K*E..K*E+K
+        table = jnp.concatenate([table, params["wide"]["embedding"][..., 0].T], 1)
+    out["bag_table"] = table
     return jax.device_put(out)
 
 
@@ -114,8 +132,8 @@ def serving_apply(sparams, batch):
     k, e = sparams["bag_norm"]["scale"].shape
     b = batch.dense.shape[0]
     rows = table[batch.ids] * batch.weights[:, None]
-    bag = jax.ops.segment_sum(rows, batch.segments, num_segments=b, indices_are_sorted=True)
-    bag = jnp.transpose(bag.reshape(b, k, e), (1, 0, 2))                     # [K, B, E]
+    summed = jax.ops.segment_sum(rows, batch.segments, num_segments=b, indices_are_sorted=True)
+    bag = jnp.transpose(summed[:, :k * e].reshape(b, k, e), (1, 0, 2))       # [K, B, E]
     mean = bag.mean(-1, keepdims=True)
     var = jnp.square(bag - mean).mean(-1, keepdims=True)
     ln = sparams["bag_norm"]
@@ -128,5 +146,7 @@ def serving_apply(sparams, batch):
     for i in range(2):
         x = nn.gelu(dense(f"hidden{i}", x))
     mu = dense("mean", x)[..., 0]
+    if table.shape[1] > k * e:
+        mu = mu + summed[:, k * e:].T
     sigma = nn.softplus(dense("std", x)[..., 0]) + 1e-3
     return mu, sigma, jax.nn.softmax(dense("buckets", x), -1)

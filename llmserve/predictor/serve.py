@@ -99,7 +99,7 @@ class LengthPredictor:
             elif isinstance(p, (list, tuple, np.ndarray)):
                 out.append([int(t) for t in p])
             else:
-                raise ValueError(  # noqa: TRY004  (bad input: ValueError)
+                raise ValueError(
                     f"prompt {i} must be a string or a list of token ids, got "
                     f"{type(p).__name__}")
         return out
@@ -120,18 +120,37 @@ class LengthPredictor:
         std = std * self.interval_scale
         z = _z(self.interval)
         expected = np.mean(np.exp(mu + 0.5 * sigma ** 2), 0) - 1
-        return Prediction(mean=expected, median=np.expm1(m), lower=np.maximum(np.expm1(m - z * std), 0),
+        return Prediction(mean=expected, median=np.expm1(m),
+                          lower=np.maximum(np.expm1(m - z * std), 0),
                           upper=np.expm1(m + z * std), bucket_probs=probs.mean(0), log_mean=m,
                           log_std=std, member_mu=mu, member_sigma=sigma, member_probs=probs)
 
-    def calibrate(self, ds) -> float:
+    def calibrate(self, ds, out_of_bag=None) -> float:
         """Scale the interval so it covers `interval` of the observed lengths of ds (the
-        validation split); -> the scale, also kept on self."""
+        validation split) -> the scale, also kept on self.
+
+        out_of_bag: (train_ds, mask [K, N]) with mask[k, i] true where member k never saw
+        training prompt i. Those prompts are scored by the mixture of the members that did
+        not see them and pooled with ds: a calibration set ~8x the validation split, and one
+        the members' early stopping (chosen on validation) did not tune."""
         self.interval_scale = 1.0
         p = self.predict(ds.prompts)
         pidx, y = ds.per_sample()
-        zs = np.abs(np.log1p(y) - p.log_mean[pidx]) / p.log_std[pidx]
-        self.interval_scale = float(np.quantile(zs, self.interval) / _z(self.interval))
+        zs = [np.abs(np.log1p(y) - p.log_mean[pidx]) / p.log_std[pidx]]
+        if out_of_bag is not None:
+            train_ds, mask = out_of_bag
+            mask = np.asarray(mask, bool)
+            mu, sigma, _ = self.raw(train_ds.prompts)
+            cnt = mask.sum(0)
+            keep = cnt > 0
+            m = np.where(mask, mu, 0).sum(0) / np.maximum(cnt, 1)
+            second = np.where(mask, sigma ** 2 + mu ** 2, 0).sum(0) / np.maximum(cnt, 1)
+            std = np.sqrt(np.maximum(second - m ** 2, 1e-12))
+            tidx, ty = train_ds.per_sample()
+            sel = keep[tidx]
+            zs.append(np.abs(np.log1p(ty[sel]) - m[tidx[sel]]) / std[tidx[sel]])
+        self.interval_scale = float(np.quantile(np.concatenate(zs), self.interval) /
+                                    _z(self.interval))
         self.meta["interval_scale"] = self.interval_scale
         return self.interval_scale
 
@@ -157,7 +176,7 @@ def load_checkpoint(path: str):
     with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
         try:
             meta = ckptr.restore(path, ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-        except Exception as e:  # noqa: BLE001  (orbax raises many kinds)
+        except Exception as e:
             raise ValueError(f"predictor checkpoint {path!r}: cannot read 'meta': {e}") from None
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
@@ -170,7 +189,7 @@ def load_checkpoint(path: str):
         try:
             params = ckptr.restore(path, ocp.args.Composite(
                 params=ocp.args.StandardRestore()))["params"]
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             raise ValueError(f"predictor checkpoint {path!r}: cannot restore 'params' "
                              f"(partial or corrupt): {e}") from None
     try:

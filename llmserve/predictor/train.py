@@ -55,10 +55,40 @@ def build_datasets(config, tokenizer):
     return train, val, test, desc
 
 
+def _norm(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+def build_aux_datasets(config, tokenizer, held_out) -> tuple[list, list[str]]:
+    """One dataset per `config.data.aux_sources` spec whose files exist, minus every prompt
+    that also appears (as a substring either way, case and spacing ignored) among the
+    `held_out` datasets' prompt texts: the validation and test prompts never reach training
+    through another file. -> (datasets, descriptions)."""
+    specs = [s for s in config.data.aux_sources if glob.glob(s.partition(":")[2])]
+    held = [_norm(t) for d in held_out for t in d.texts if t]
+    joined = "\x00".join(held)
+    out, desc = [], []
+    for spec in specs:
+        ds = data_lib.load_sources([spec], tokenizer)
+        keep = []
+        for i, t in enumerate(ds.texts):
+            q = _norm((t or "").split("\nContext:")[0])
+            if len(q) >= 12 and q in joined:
+                continue
+            full = _norm(t or "")
+            if any(h in full for h in held if len(h) >= 12):
+                continue
+            keep.append(i)
+        out.append(ds.subset(keep))
+        desc.append(f"{spec} ({len(keep)} prompts, {len(ds) - len(keep)} dropped as held-out)")
+    return out, desc
+
+
 class _Encoded:
     """A dataset's bags, dense features and padded targets, built once."""
 
-    def __init__(self, ds, fspec, y_mean, y_std, edges):
+    def __init__(self, ds, fspec, y_mean, y_std, edges, task=None):
+        self.task = np.zeros(len(ds), np.int32) if task is None else np.asarray(task, np.int32)
         bags = [feat.hashed_ngrams(p, fspec) for p in ds.prompts]
         self.ids = [b[0] for b in bags]
         self.w = [b[1] for b in bags]
@@ -78,17 +108,29 @@ class _Encoded:
 
         def rows(a):
             return np.concatenate([a[idx], np.zeros((extra,) + a.shape[1:], a.dtype)])
-        return feat.assemble(ids, w, dense), rows(self.y), rows(self.mask), rows(self.bucket)
+        return (feat.assemble(ids, w, dense), rows(self.y), rows(self.mask), rows(self.bucket),
+                rows(self.task))
 
 
-def _per_prompt_loss(mu, sigma, logits, y, mask, bucket, bucket_weight):
-    """-> ([K,B] loss, [K,B] NLL): means over each prompt's samples (mask [B,S])."""
+def _per_prompt_loss(mu, sigma, logits, y, mask, bucket, bucket_weight, beta=0.0, task=None):
+    """-> ([K,B] loss, [K,B] NLL): means over each prompt's samples (mask [B,S]). beta > 0
+    is beta-NLL (Seitzer et al. 2022): each NLL term weighted by a constant sigma^(2 beta),
+    so a wide predicted std no longer mutes the mean's gradient on hard prompts. With `task`
+    [B], mu and sigma are [K,B,T] and each prompt is scored by its task's head; the bucket
+    head learns the served lengths (task 0) only."""
+    if task is not None:
+        pick = jnp.broadcast_to(task[None, :, None], mu.shape[:2] + (1,))
+        mu = jnp.take_along_axis(mu, pick, -1)[..., 0]
+        sigma = jnp.take_along_axis(sigma, pick, -1)[..., 0]
     nll = 0.5 * ((y[None] - mu[..., None]) / sigma[..., None]) ** 2 + jnp.log(sigma[..., None])
+    fit = nll * jax.lax.stop_gradient(sigma[..., None] ** (2 * beta)) if beta else nll
     logp = jax.nn.log_softmax(logits, axis=-1)                               # [K,B,C]
     idx = jnp.broadcast_to(bucket[None], (logp.shape[0],) + bucket.shape)     # [K,B,S]
     ce = -jnp.take_along_axis(logp, idx, axis=-1)                            # [K,B,S]
+    if task is not None:
+        ce = ce * (task == 0)[None, :, None]
     n = jnp.maximum(mask.sum(-1), 1.0)
-    total = ((nll + bucket_weight * ce) * mask[None]).sum(-1) / n
+    total = ((fit + bucket_weight * ce) * mask[None]).sum(-1) / n
     return total, (nll * mask[None]).sum(-1) / n
 
 
@@ -102,17 +144,27 @@ def make_optimizer(tc, total_steps: int):
 
 
 def train_ensemble(train_ds, val_ds, fspec: feat.FeatureSpec, mspec: model_lib.ModelSpec,
-                   tc, edges=BUCKET_EDGES):
-    """-> (params with leading [K] axis, normalisation (y_mean, y_std), history)."""
+                   tc, edges=BUCKET_EDGES, aux=()):
+    """-> (params with leading [K] axis, normalisation (y_mean, y_std), history).
+
+    aux: extra datasets whose lengths come from other responders (task 1, 2, ...: own
+    mean/std heads, weight `tc.aux_weight`); they train the shared features only, and
+    validation, early stopping and the served head are task 0's."""
     t_start = time.perf_counter()
+    if mspec.num_tasks != 1 + len(aux):
+        raise ValueError(f"model num_tasks={mspec.num_tasks} but {len(aux)} auxiliary "
+                         "datasets (+1 for the served lengths)")
     all_y = np.log1p(np.concatenate(train_ds.lengths))
     y_mean, y_std = float(all_y.mean()), float(max(all_y.std(), 1e-3))
-    tr = _Encoded(train_ds, fspec, y_mean, y_std, edges)
+    task = np.concatenate([np.full(len(d), t, np.int32)
+                           for t, d in enumerate([train_ds, *aux])])
+    tr = _Encoded(data_lib.concat([train_ds, *aux]), fspec, y_mean, y_std, edges, task)
     va = _Encoded(val_ds, fspec, y_mean, y_std, edges)
     k = tc.ensemble_size
     rng = np.random.default_rng(tc.seed)
     boot = (rng.poisson(1.0, size=(k, tr.n)) if tc.bootstrap else np.ones((k, tr.n))
             ).astype(np.float32)
+    boot *= np.where(task == 0, 1.0, tc.aux_weight).astype(np.float32)
     bs = min(tc.batch_size, tr.n)
     steps_per_epoch = -(-tr.n // bs)
     tx = make_optimizer(tc, tc.num_epochs * steps_per_epoch)
@@ -122,10 +174,12 @@ def train_ensemble(train_ds, val_ds, fspec: feat.FeatureSpec, mspec: model_lib.M
     bw = tc.bucket_loss_weight
 
     @jax.jit
-    def train_step(params, opt_state, batch, y, mask, bucket, boot_w, dkey):
+    def train_step(params, opt_state, batch, y, mask, bucket, task, boot_w, dkey):
         def loss(p):
-            mu, sigma, logits = model_lib.ensemble_apply(mspec, p, batch, True, dkey)
-            per_prompt, _ = _per_prompt_loss(mu, sigma, logits, y, mask, bucket, bw)
+            mu, sigma, logits = model_lib.ensemble_apply(mspec, p, batch, True, dkey,
+                                                         all_tasks=True)
+            per_prompt, _ = _per_prompt_loss(mu, sigma, logits, y, mask, bucket, bw,
+                                             tc.nll_beta, task)
             per_member = (per_prompt * boot_w).sum(-1) / jnp.maximum(boot_w.sum(-1), 1.0)
             return per_member.sum(), per_member  # members are independent: d(sum)/dp_k
         (_, per_member), grads = jax.value_and_grad(loss, has_aux=True)(params)
@@ -137,12 +191,13 @@ def train_ensemble(train_ds, val_ds, fspec: feat.FeatureSpec, mspec: model_lib.M
         mu, sigma, _ = model_lib.ensemble_apply(mspec, params, batch)
         nll = 0.5 * ((y[None] - mu[..., None]) / sigma[..., None]) ** 2 + jnp.log(sigma[..., None])
         err = jnp.abs(y[None] - mu[..., None])
+        ens_err = jnp.abs(y - mu.mean(0)[:, None])
         return ((nll * mask[None]).sum((1, 2)) / mask.sum(),
-                (err * mask[None]).sum((1, 2)) / mask.sum())
+                (err * mask[None]).sum((1, 2)) / mask.sum(), (ens_err * mask).sum() / mask.sum())
 
-    if tc.early_stop_metric not in ("nll", "log_mae"):
-        raise ValueError(f"train.early_stop_metric must be 'nll' or 'log_mae', got "
-                         f"{tc.early_stop_metric!r}")
+    if tc.early_stop_metric not in ("nll", "log_mae", "ensemble_log_mae"):
+        raise ValueError(f"train.early_stop_metric must be 'nll', 'log_mae' or "
+                         f"'ensemble_log_mae', got {tc.early_stop_metric!r}")
 
     vb = va.batch(range(va.n), va.n)
     best = jax.tree_util.tree_map(lambda x: x, params)
@@ -155,14 +210,17 @@ def train_ensemble(train_ds, val_ds, fspec: feat.FeatureSpec, mspec: model_lib.M
         losses = []
         for s in range(steps_per_epoch):
             idx = order[s * bs:(s + 1) * bs]
-            batch, y, mask, bucket = tr.batch(idx, bs)
+            batch, y, mask, bucket, btask = tr.batch(idx, bs)
             boot_w = np.concatenate([boot[:, idx], np.zeros((k, bs - len(idx)), np.float32)], 1)
             key, dkey = jax.random.split(key)
             params, opt_state, per_member = train_step(params, opt_state, batch, y, mask,
-                                                       bucket, boot_w, dkey)
+                                                       bucket, btask, boot_w, dkey)
             losses.append(np.asarray(per_member))
-        v_nll, v_mae = (np.asarray(x) for x in val_metrics(params, *vb[:3]))
-        v = v_nll if tc.early_stop_metric == "nll" else v_mae
+        v_nll, v_mae, v_ens = (np.asarray(x) for x in val_metrics(params, *vb[:3]))
+        # ensemble_log_mae: one epoch for all members, chosen on the ensemble's error (one
+        # choice made on validation, not K, so validation stays closer to unseen data)
+        v = {"nll": v_nll, "log_mae": v_mae,
+             "ensemble_log_mae": np.full(k, v_ens)}[tc.early_stop_metric]
         improved = v < best_val - 1e-4
         if improved.any():
             sel = jnp.asarray(improved)
@@ -176,7 +234,7 @@ def train_ensemble(train_ds, val_ds, fspec: feat.FeatureSpec, mspec: model_lib.M
             since_improved += 1
         tl = float(np.mean(losses))
         history.append({"epoch": epoch, "train_loss": tl, "val_nll": v_nll.tolist(),
-                            "val_log_mae": v_mae.tolist()})
+                        "val_log_mae": v_mae.tolist(), "val_ensemble_log_mae": float(v_ens)})
         logging.info("epoch %3d  train loss %.4f  val NLL %s  val log-MAE %s  best %s %.4f "
                      "(%.1fs)", epoch, tl, np.array2string(v_nll, precision=3),
                      np.array2string(v_mae, precision=3), tc.early_stop_metric, best_val.mean(),
@@ -186,7 +244,10 @@ def train_ensemble(train_ds, val_ds, fspec: feat.FeatureSpec, mspec: model_lib.M
             break
     info = {"y_mean": y_mean, "y_std": y_std, "history": history, "best_epoch": best_epoch.tolist(),
                 "best_val": best_val.tolist(), "epochs_run": len(history),
-                "train_seconds": time.perf_counter() - t_start}
+                "train_seconds": time.perf_counter() - t_start,
+            # which served-task training prompts each member never saw (its bootstrap drew
+            # them 0 times): held-out data for calibrating the interval
+            "out_of_bag": (boot[:, :len(train_ds)] == 0) if tc.bootstrap else None}
     return best, info
 
 
@@ -197,11 +258,12 @@ def feature_spec(config) -> feat.FeatureSpec:
                             tokenizer=config.tokenizer, weighting=f.weighting)
 
 
-def model_spec(config) -> model_lib.ModelSpec:
+def model_spec(config, num_tasks: int = 1) -> model_lib.ModelSpec:
     m = config.model
     return model_lib.ModelSpec(table_size=config.features.table_size, embed_dim=m.embed_dim,
                                hidden_dim=m.hidden_dim, num_buckets=len(config.bucket_edges) + 1,
-                               dropout=m.dropout, bag_dropout=m.bag_dropout)
+                               dropout=m.dropout, bag_dropout=m.bag_dropout, wide=m.wide,
+                               num_tasks=num_tasks)
 
 
 def save_checkpoint(path: str, params, meta: dict) -> None:
@@ -222,9 +284,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
     logging.info("data: %s -> %d/%d/%d prompts (train/val/test), %d/%d/%d samples", desc,
                  len(train), len(val), len(test), train.num_samples, val.num_samples,
                  test.num_samples)
-    fspec, mspec = feature_spec(config), model_spec(config)
+    aux, aux_desc = build_aux_datasets(config, tokenizer, [val, test])
+    for line in aux_desc:
+        logging.info("auxiliary data: %s", line)
+    fspec, mspec = feature_spec(config), model_spec(config, num_tasks=1 + len(aux))
     params, info = train_ensemble(train, val, fspec, mspec, config.train,
-                                  tuple(config.bucket_edges))
+                                  tuple(config.bucket_edges), aux)
     meta = {"format": FORMAT, "feature_spec": fspec.to_dict(), "model_spec": mspec.to_dict(),
                 "ensemble_size": config.train.ensemble_size, "y_mean": info["y_mean"],
                 "y_std": info["y_std"], "bucket_edges": list(config.bucket_edges),
@@ -232,8 +297,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
                 "config": json.loads(config.to_json()), "data": desc}
     predictor = LengthPredictor(params, meta, tokenizer=tokenizer)
     if config.calibrate_interval:
-        meta["interval_scale"] = predictor.calibrate(val)
-    metrics = {"data": desc, "num_prompts": {"train": len(train), "val": len(val), "test": len(test)},
+        oob = (train, info["out_of_bag"]) if config.calibrate_out_of_bag else None
+        meta["interval_scale"] = predictor.calibrate(val, oob)
+    metrics = {"data": desc, "aux_data": aux_desc,
+               "num_prompts": {"train": len(train), "val": len(val), "test": len(test)},
                    "num_params": model_lib.num_params(params),
                    "train_seconds": info["train_seconds"], "epochs_run": info["epochs_run"],
                    "best_epoch": info["best_epoch"], "best_val": info["best_val"],

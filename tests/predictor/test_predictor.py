@@ -34,6 +34,15 @@ def small_config(tmp_path, n=600):
 def trained(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("pred")
     c = small_config(tmp)
+    # every training option of the default config on: an auxiliary dataset (a second
+    # synthetic log: other prompts), n-gram dropout, the wide term, out-of-bag calibration
+    from llmserve.workload.trace_log import write_trace_log
+    tok = data.tokenizer_for(c.tokenizer)
+    write_trace_log(str(tmp / "aux.jsonl"), data.synthetic_records(300, tok, seed=7))
+    c.data.aux_sources = (f"trace_log:{tmp / 'aux.jsonl'}",)
+    c.model.bag_dropout = 0.3
+    c.model.wide = True
+    c.calibrate_out_of_bag = True
     m = train.train_and_evaluate(c, str(tmp / "work"))
     return c, m, str(tmp / "work")
 
@@ -70,16 +79,18 @@ def test_batched_hashing_equals_per_prompt_hashing(weighting):
         np.testing.assert_allclose(w[seg == i], ref_w, rtol=1e-6)
     # 1 + log count, L2-normalised: [7, 7, 7, 8] unigrams -> (1 + log 3, 1) / norm
     one = features.FeatureSpec(table_size=97, ngram_orders=(1,), weighting="log_l2")
-    b, wt = features.hashed_ngrams([7, 7, 7, 8], one)
+    _, wt = features.hashed_ngrams([7, 7, 7, 8], one)
     want = np.array([1 + np.log(3), 1.0]) / np.hypot(1 + np.log(3), 1.0)
     np.testing.assert_allclose(sorted(wt), sorted(want), rtol=1e-6)
     with pytest.raises(ValueError, match="weighting"):
         features.FeatureSpec(weighting="tfidf")
 
 
-def test_serving_forward_equals_each_member():
+@pytest.mark.parametrize("wide", [False, True])
+def test_serving_forward_equals_each_member(wide):
     # Oracle: each member's own flax apply, one at a time.
-    spec = model_lib.ModelSpec(table_size=64, embed_dim=4, hidden_dim=8, dropout=0.0)
+    spec = model_lib.ModelSpec(table_size=64, embed_dim=4, hidden_dim=8, dropout=0.0,
+                               wide=wide, num_tasks=2)
     params = model_lib.ensemble_init(spec, jax.random.PRNGKey(5), 3)
     params = jax.tree_util.tree_map(  # non-trivial LayerNorm params
         lambda x: x + 0.1 * jax.random.normal(jax.random.PRNGKey(1), x.shape), params)
@@ -110,6 +121,45 @@ def test_vmapped_ensemble_equals_members_run_one_by_one():
         np.testing.assert_allclose(logits[k], l1, rtol=1e-5, atol=1e-6)
     # members differ (own initialisation)
     assert not np.allclose(mu[0], mu[1])
+
+
+def test_loss_scores_each_prompt_by_its_task_head():
+    # Oracle: the Gaussian NLL and cross-entropy written out in numpy for 1 member,
+    # 2 prompts (task 0 and task 1), 2 samples each (the second prompt's 2nd masked).
+    mu = np.array([[[0.5, 9.0], [9.0, -1.0]]], np.float32)      # [K=1, B=2, T=2]
+    sigma = np.array([[[2.0, 9.0], [9.0, 0.5]]], np.float32)
+    logits = np.array([[[0.0, 1.0, 2.0], [5.0, 5.0, 5.0]]], np.float32)
+    y = np.array([[1.0, 0.0], [-1.5, 7.0]], np.float32)
+    mask = np.array([[1, 1], [1, 0]], np.float32)
+    bucket = np.array([[2, 0], [1, 1]], np.int32)
+    task = np.array([0, 1], np.int32)
+    total, nll = train._per_prompt_loss(mu, sigma, logits, y, mask, bucket, 0.5, task=task)
+    g = lambda y, m, s: 0.5 * ((y - m) / s) ** 2 + np.log(s)
+    nll0 = (g(1.0, 0.5, 2.0) + g(0.0, 0.5, 2.0)) / 2
+    nll1 = g(-1.5, -1.0, 0.5)
+    logp = logits[0, 0] - np.log(np.exp(logits[0, 0]).sum())
+    ce0 = -(logp[2] + logp[0]) / 2
+    np.testing.assert_allclose(nll[0], [nll0, nll1], rtol=1e-5)
+    # the bucket head learns only the served task (task 0)
+    np.testing.assert_allclose(total[0], [nll0 + 0.5 * ce0, nll1], rtol=1e-5)
+    # beta-NLL: same value weighted by sigma^(2 beta)
+    tb, _ = train._per_prompt_loss(mu, sigma, logits, y, mask, bucket, 0.0, 1.0, task)
+    np.testing.assert_allclose(tb[0], [4 * nll0, 0.25 * nll1], rtol=1e-5)
+
+
+def test_aux_data_never_holds_a_held_out_prompt(tmp_path):
+    tok = data.tokenizer_for("tiny")
+    recs = [{"instruction": "Name three  RIVERS in Europe.", "input": "", "output": "a"},
+            {"instruction": "Write a poem about owls", "input": "", "output": "bb"},
+            {"instruction": "Sum", "input": "2+2", "output": "4"}]
+    (tmp_path / "a.json").write_text(json.dumps(recs))
+    held = data.LengthDataset([[1]], [np.array([5.0])],
+                              ["Please: name three rivers in europe."], ["x"])
+    c = small_config(tmp_path)
+    c.data.aux_sources = (f"instruct:{tmp_path / 'a.json'}", "instruct:/nonexistent/*.json")
+    aux, desc = train.build_aux_datasets(c, tok, [held])
+    assert len(aux) == 1 and "1 dropped" in desc[0]
+    assert sorted(aux[0].texts) == ["Sum\nContext: 2+2", "Write a poem about owls"]
 
 
 def test_kendall_tau_against_hand_count():
