@@ -147,7 +147,7 @@ class LLMEngine:
         directly, since building outputs for every request every step dominates a simulation."""
         t0 = self.clock()
         sched_out = self.scheduler.schedule(t0)
-        if sched_out.is_empty:
+        if not sched_out.scheduled:
             return []
         runner_out = self.runner.execute(sched_out)
         now = self.clock()

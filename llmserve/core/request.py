@@ -44,6 +44,7 @@ class Request:
         "finish_time",
         "first_scheduled_time",
         "first_token_time",
+        "max_num_tokens",
         "num_cached_tokens",
         "num_computed_tokens",
         "num_hashed_blocks",
@@ -58,6 +59,7 @@ class Request:
         "sampling_params",
         "sampling_tuple",
         "status",
+        "stop_ids",
         "stop_token_id",
         "token_ids",
         "token_times",
@@ -80,6 +82,11 @@ class Request:
         self.block_ids: list[int] = []
         self.status = RequestStatus.WAITING
         self.stop_token_id: int | None = None
+        # For the per-token stop check (scheduler hot path): the length at which the request
+        # ends (prompt + max_tokens; the scheduler caps it at max_model_len when it is
+        # added) and every token id that stops it (stop_token_ids + eos).
+        self.max_num_tokens = self.num_prompt_tokens + sampling_params.max_tokens
+        self.stop_ids = tuple(sampling_params.stop_token_ids) + self.eos_token_ids
         # Written by the predictor (core/predictors.py) once, when the request arrives.
         self.predicted_num_output_tokens: float | None = None
         self.predicted_spread: float | None = None

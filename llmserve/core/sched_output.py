@@ -12,6 +12,11 @@ Dummy rows are computed but written nowhere (slot = the runner's pad slot) and w
 sample is discarded. A runner charges them like real tokens: the JaxRunner computes them, a cost
 model counts them. `num_scheduled_tokens` counts only real tokens; the token budget bounds
 `num_scheduled_tokens + num_padding_tokens`.
+
+`block_ids` is the request's own block table, not a copy (copying every table every step
+was a measurable share of a simulation): a read-only view, valid until the step's
+update_from_output. A runner must not modify it, and must copy it if it keeps it longer (the
+scheduler may append blocks to it in later steps).
 """
 from __future__ import annotations
 
@@ -23,7 +28,7 @@ class ScheduledRequest:
     req_id: str
     token_ids: list[int]        # the new tokens to process this step
     start_pos: int              # position of token_ids[0] (= tokens already in the cache)
-    block_ids: list[int]        # the request's block table
+    block_ids: list[int]        # the request's block table (read-only view)
     sample: bool                # whether this step ends at the last token, so samples one
     token_index: int            # index of the output token sampled (the sampling key)
     sampling: tuple             # (temperature, top_k, top_p, seed)

@@ -16,6 +16,7 @@ Any knob can be overridden on top of a preset.
 from __future__ import annotations
 
 import collections
+import collections.abc
 import dataclasses
 import itertools
 import time
@@ -34,6 +35,9 @@ from llmserve.core.request_queue import (
     predicted_len,
 )
 from llmserve.core.sched_output import RunnerOutput, ScheduledRequest, SchedulerOutput
+
+_now_ns = time.perf_counter_ns
+_PREEMPTED = RequestStatus.PREEMPTED
 
 PRESETS = ("static", "continuous", "chunked", "predictive")
 POLICIES = PRESETS
@@ -173,11 +177,31 @@ class SchedulerConfig:
         return min(self.static_batch_size, self.max_num_seqs, self.max_num_batched_tokens)
 
 
-# One per step: cheap to build, enough for every per-step metric.
+# One per step, enough for every per-step metric.
 StepRecord = collections.namedtuple("StepRecord", [
     "step_id", "time", "num_scheduled_reqs", "num_scheduled_tokens", "num_padding_tokens",
     "num_running", "num_waiting", "kv_blocks_used", "kv_blocks_cached", "kv_tokens_used",
     "num_preempted", "cache_hit_tokens", "schedule_ns", "update_ns"])
+
+
+class StepRecordList(collections.abc.Sequence):
+    """Scheduler.step_records: plain tuples are appended on the hot path (a namedtuple's
+    Python-level constructor costs more than the rest of the record), read as StepRecord."""
+    __slots__ = ("rows",)
+
+    def __init__(self):
+        self.rows: list[tuple] = []
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [StepRecord._make(r) for r in self.rows[i]]
+        return StepRecord._make(self.rows[i])
+
+    def __iter__(self):
+        return map(StepRecord._make, self.rows)
 
 
 @dataclasses.dataclass
@@ -233,7 +257,7 @@ class Scheduler:
         self.running: list[Request] = []
         self.requests: dict[str, Request] = {}
         self.stats = SchedulerStats(block_size=config.block_size)
-        self.step_records: list[StepRecord] = []
+        self.step_records = StepRecordList()
         self.predictor = predictor if predictor is not None else create_predictor(
             config.predictor)
         # Arrivals wait here until the next schedule() predicts them in one batch.
@@ -259,6 +283,8 @@ class Scheduler:
             raise ValueError(f"request {req.request_id!r} needs {need} KV blocks at its longest "
                              f"but the pool has {cfg.num_kv_blocks}")
         self.requests[req.request_id] = req
+        if req.max_num_tokens > cfg.max_model_len:
+            req.max_num_tokens = cfg.max_model_len
         if self.predictor is not None:
             self._arrivals[req.request_id] = req
         else:
@@ -300,58 +326,71 @@ class Scheduler:
 
     # ---- one step -------------------------------------------------------------------------
     def schedule(self, now: float) -> SchedulerOutput:
-        t0 = time.perf_counter_ns()
+        # The hot path of every runner (a trace simulation runs it ~25 times per request):
+        # one pass over the running requests builds their ScheduledRequests directly.
+        t0 = _now_ns()
         if self._arrivals:
             self._predict_arrivals()
         cfg = self.config
         budget = cfg.max_num_batched_tokens
         picked: list[tuple[Request, int]] = []
+        scheduled: list[ScheduledRequest] = []
         preempted: list[str] = []
-        bm = self.block_manager
-        bs = cfg.block_size
+        total = 0
         chunked = cfg.chunked_prefill
         self.waiting.start_step(now)
 
-        prefill_first = not chunked and self._prompt_fits(budget)
-        if not prefill_first:
+        if chunked or not self._prompt_fits(budget):
+            bm = self.block_manager
+            bs = cfg.block_size
             running = self.running
+            nrun = len(running)
             i = 0
-            while i < len(running) and budget > 0:
+            new = ScheduledRequest
+            while i < nrun and budget > 0:
                 req = running[i]
-                n = len(req.token_ids) - req.num_computed_tokens
+                start = req.num_computed_tokens
+                toks = req.token_ids
+                nt = len(toks)
+                n = nt - start
                 if n > budget:
                     if not chunked:
                         break
                     n = budget
-                if req.num_computed_tokens + n > len(req.block_ids) * bs and \
-                        not bm.allocate_slots(req, n):
+                end = start + n
+                if end > len(req.block_ids) * bs and not bm.allocate_slots(req, n):
                     while True:
                         victim = running.pop(self._victim_index(i))
                         self._preempt(victim, now)
                         preempted.append(victim.request_id)
                         if victim is req or bm.allocate_slots(req, n):
                             break
+                    nrun = len(running)
                     if victim is req:
                         continue
                 picked.append((req, n))
+                # block_ids is the request's own list, not a copy: see sched_output.py.
+                scheduled.append(new(req.request_id, toks[start:end], start, req.block_ids,
+                                     end == nt, nt - req.num_prompt_tokens, req.sampling_tuple))
+                total += n
                 budget -= n
                 i += 1
 
         if not preempted:
+            k = len(picked)
             budget = self._admit(now, budget, picked)
+            for j in range(k, len(picked)):
+                req, n = picked[j]
+                start = req.num_computed_tokens
+                end = start + n
+                toks = req.token_ids
+                nt = len(toks)
+                scheduled.append(ScheduledRequest(
+                    req.request_id, toks[start:end], start, req.block_ids, end == nt,
+                    nt - req.num_prompt_tokens, req.sampling_tuple))
+                total += n
 
         self._step_id += 1
-        scheduled = []
-        total = 0
-        for req, n in picked:
-            start = req.num_computed_tokens
-            end = start + n
-            toks = req.token_ids
-            nt = len(toks)
-            scheduled.append(ScheduledRequest(
-                req.request_id, toks[start:end], start, req.block_ids.copy(), end == nt,
-                nt - req.num_prompt_tokens, req.sampling_tuple))
-            total += n
         out = SchedulerOutput(self._step_id, scheduled, total, preempted, self._finished_ids)
         self._finished_ids = []
         self._scheduled = picked
@@ -436,9 +475,9 @@ class Scheduler:
 
     def _end_schedule(self, out: SchedulerOutput, now: float, t0: int) -> None:
         st = self.stats
-        dt = time.perf_counter_ns() - t0
+        dt = _now_ns() - t0
         st.schedule_ns += dt
-        if out.is_empty and not out.preempted_req_ids:
+        if not out.scheduled and not out.preempted_req_ids:
             return      # an idle call (nothing runnable yet): no step
         st.num_steps += 1
         st.num_scheduled_tokens += out.num_scheduled_tokens
@@ -446,24 +485,24 @@ class Scheduler:
         self._pending = (out.step_id, now, len(out.scheduled), out.num_scheduled_tokens,
                          out.num_padding_tokens, len(out.preempted_req_ids),
                          st.num_cache_hit_tokens, dt)
-        if out.is_empty:    # the engine does not call update_from_output for it
+        if not out.scheduled:    # the engine does not call update_from_output for it
             self._record(0)
 
     # ---- results --------------------------------------------------------------------------
     def update_from_output(self, sched_out: SchedulerOutput, runner_out: RunnerOutput,
                            now: float) -> list[Request]:
         """Apply a step's results. Returns the requests that got a token or finished."""
-        t0 = time.perf_counter_ns()
+        t0 = _now_ns()
         changed = []
+        append_changed = changed.append
         any_finished = False
         sampled = runner_out.sampled
-        logprobs = runner_out.logprobs
+        get_token = sampled.get
         bm = self.block_manager
         caching = self.config.enable_prefix_caching
         bs = self.config.block_size
         added = 0
-        max_len = self.config.max_model_len
-        preempted = RequestStatus.PREEMPTED
+        preempted = _PREEMPTED
         for req, n in self._scheduled:
             if req.status > preempted:      # aborted while the step ran
                 continue
@@ -472,22 +511,21 @@ class Scheduler:
             added += n
             if caching and c // bs > req.num_hashed_blocks:
                 bm.cache_full_blocks(req)
-            tok = sampled.get(req.request_id)
+            tok = get_token(req.request_id)
             if tok is None:
                 continue
             toks = req.token_ids
             toks.append(tok)
-            sp = req.sampling_params
-            if sp.logprobs:
-                req.output_logprobs.append(logprobs.get(req.request_id, float("nan")))
+            if req.sampling_params.logprobs:
+                req.output_logprobs.append(runner_out.logprobs.get(req.request_id,
+                                                                   float("nan")))
             req.token_times.append(now)
             if req.first_token_time is None:
                 req.first_token_time = now
-            nt = len(toks)
-            # Fast path: most tokens stop nothing.
-            if nt - req.num_prompt_tokens < sp.max_tokens and nt < max_len and \
-                    tok not in sp.stop_token_ids and tok not in req.eos_token_ids:
-                changed.append(req)
+            # Fast path: most tokens stop nothing (max_num_tokens and stop_ids hold the
+            # conditions _stop_status checks).
+            if len(toks) < req.max_num_tokens and tok not in req.stop_ids:
+                append_changed(req)
                 continue
             status = self._stop_status(req, tok)
             if status is not None:
@@ -495,13 +533,13 @@ class Scheduler:
                 added = 0
                 self._finish(req, status, now)
                 any_finished = True
-            changed.append(req)
+            append_changed(req)
         self._kv_tokens += added
         if any_finished:   # one pass, not a list.remove per finished request
-            self.running = [r for r in self.running if not r.is_finished]
+            self.running = [r for r in self.running if r.status <= preempted]
         self._scheduled = []
         self._after_update()
-        dt = time.perf_counter_ns() - t0
+        dt = _now_ns() - t0
         self.stats.update_ns += dt
         self._record(dt)
         return changed
@@ -515,14 +553,16 @@ class Scheduler:
             return
         self._pending = None
         bm = self.block_manager
+        bs = self.config.block_size
         used = bm.num_used_blocks
-        tokens = self._kv_tokens - bm.num_shared_refs * self.config.block_size
+        tokens = self._kv_tokens - bm.num_shared_refs * bs
         st = self.stats
-        st.kv_reserved_slots += used * self.config.block_size
+        st.kv_reserved_slots += used * bs
         st.kv_used_slots += tokens
-        self.step_records.append(StepRecord(
-            p[0], p[1], p[2], p[3], p[4], len(self.running), self.num_waiting, used,
-            bm.num_cached_free_blocks, tokens, p[5], p[6], p[7], update_ns))
+        self.step_records.rows.append((
+            p[0], p[1], p[2], p[3], p[4], len(self.running),
+            len(self.waiting) + len(self._arrivals), used, bm.num_cached_free_blocks, tokens,
+            p[5], p[6], p[7], update_ns))
 
     def _stop_status(self, req: Request, tok: int) -> RequestStatus | None:
         sp = req.sampling_params

@@ -99,7 +99,7 @@ class StaticBatchScheduler(Scheduler):
                 n = nt - start
                 pad = self._pad_to - n
                 scheduled.append(ScheduledRequest(
-                    req.request_id, toks[start:], start, req.block_ids.copy(), True,
+                    req.request_id, toks[start:], start, req.block_ids, True,
                     nt - req.num_prompt_tokens, req.sampling_tuple, pad))
                 picked.append((req, n))
                 total += n
@@ -111,13 +111,13 @@ class StaticBatchScheduler(Scheduler):
                 nt = len(toks)
                 if req.is_finished:     # keeps its slot: one padding row at its last position
                     scheduled.append(ScheduledRequest(
-                        req.request_id, [], nt - 1, req.block_ids.copy(), False,
+                        req.request_id, [], nt - 1, req.block_ids, False,
                         nt - req.num_prompt_tokens, req.sampling_tuple, 1))
                     pad_total += 1
                 else:
                     start = req.num_computed_tokens
                     scheduled.append(ScheduledRequest(
-                        req.request_id, toks[start:], start, req.block_ids.copy(), True,
+                        req.request_id, toks[start:], start, req.block_ids, True,
                         nt - req.num_prompt_tokens, req.sampling_tuple))
                     picked.append((req, nt - start))
                     total += nt - start

@@ -40,7 +40,8 @@ class StepRecords:
               "flops", "bytes")
 
     def __init__(self):
-        self.cols: dict[str, list] = {f: [] for f in self.FIELDS}
+        # One tuple (FIELDS order) per step: a single append on the hot path.
+        self.rows: list[tuple] = []
         # Sampled every few steps (a pass over the running requests): KV slots reserved by
         # running requests and those actually holding a token.
         self.kv_reserved_slots: list[int] = []
@@ -48,10 +49,19 @@ class StepRecords:
 
     @property
     def num_steps(self) -> int:
-        return len(self.cols["start"])
+        return len(self.rows)
+
+    @property
+    def cols(self) -> dict[str, list]:
+        cols = list(zip(*self.rows)) if self.rows else [()] * len(self.FIELDS)
+        return {f: list(c) for f, c in zip(self.FIELDS, cols)}
 
     def arrays(self) -> dict[str, np.ndarray]:
-        out = {f: np.asarray(v, np.float64) for f, v in self.cols.items()}
+        if self.rows:
+            table = np.asarray(self.rows, np.float64)
+            out = {f: table[:, k].copy() for k, f in enumerate(self.FIELDS)}
+        else:
+            out = {f: np.zeros(0) for f in self.FIELDS}
         out["kv_reserved_slots"] = np.asarray(self.kv_reserved_slots, np.float64)
         out["kv_used_slots"] = np.asarray(self.kv_used_slots, np.float64)
         return out
@@ -73,15 +83,13 @@ class StepRecorder:
         self._reuse_counts = (getattr(runner, "last_counts", "absent") != "absent"
                               and getattr(getattr(runner, "cost_model", None), "buckets",
                                           True) is None)
-        c = records.cols
-        self._append = (c["start"].append, c["step_time"].append, c["tokens"].append,
-                        c["padding"].append, c["seqs"].append, c["kv_used_blocks"].append,
-                        c["waiting"].append, c["flops"].append, c["bytes"].append)
+        self._append = records.rows.append
+        self._execute = runner.execute
 
     def execute(self, sched_out):
         clock = self.clock
         start = clock.t if clock is not None else None
-        out = self.runner.execute(sched_out)
+        out = self._execute(sched_out)
         dt = out.step_time_s
         if clock is not None:
             clock.t += dt
@@ -95,16 +103,9 @@ class StepRecorder:
         else:
             counts = (0.0, 0.0, 0.0, 0.0, 0)
         sch = self.scheduler
-        a = self._append
-        a[0](start)
-        a[1](dt)
-        a[2](sched_out.num_scheduled_tokens)
-        a[3](sched_out.num_padding_tokens)
-        a[4](len(sched_out.scheduled))
-        a[5](sch.block_manager.num_used_blocks)
-        a[6](len(sch.waiting))
-        a[7](counts[0] + counts[2])
-        a[8](counts[1] + counts[3])
+        self._append((start, dt, sched_out.num_scheduled_tokens, sched_out.num_padding_tokens,
+                      len(sched_out.scheduled), sch.block_manager.num_used_blocks,
+                      len(sch.waiting), counts[0] + counts[2], counts[1] + counts[3]))
         return out
 
     def sample_kv(self) -> None:

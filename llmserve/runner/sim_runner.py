@@ -18,7 +18,8 @@ class SimRunner:
         self.busy_s = 0.0
 
     def execute(self, sched_out: SchedulerOutput) -> RunnerOutput:
-        if sched_out.is_empty:
+        scheduled = sched_out.scheduled
+        if not scheduled:
             return RunnerOutput({}, {}, 0.0)
         cm = self.cost_model
         counts = cm.counts(sched_out)
@@ -27,4 +28,4 @@ class SimRunner:
         self.num_steps += 1
         self.busy_s += t
         tok = self.filler_token_id
-        return RunnerOutput({s.req_id: tok for s in sched_out.scheduled if s.sample}, {}, t)
+        return RunnerOutput({s.req_id: tok for s in scheduled if s.sample}, {}, t)

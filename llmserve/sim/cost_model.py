@@ -79,6 +79,7 @@ class CostModel:
                      1.0 / (hw.mem_bandwidth * e.linear_memory),
                      1.0 / (hw.peak_flops * e.attn_compute),
                      1.0 / (hw.mem_bandwidth * e.attn_memory))
+        self._overhead = (float(e.step_overhead_s), float(e.per_seq_overhead_s))
 
     def with_efficiency(self, efficiency: Efficiency) -> CostModel:
         return CostModel(self.model, self.hardware, efficiency, self.buckets, self.block_size)
@@ -88,23 +89,29 @@ class CostModel:
         """(linear FLOPs, linear bytes, attention FLOPs, attention bytes, sequences)."""
         tokens = pairs = ctx = 0
         samples = pad = 0
-        for s in sched_out.scheduled:
+        scheduled = sched_out.scheduled
+        for s in scheduled:
             q = len(s.token_ids)
-            p = s.num_padding_tokens
             c = s.start_pos + q
-            tokens += q + p
-            pad += p
-            pairs += (q + p) * c - (q * (q - 1) >> 1)
+            p = s.num_padding_tokens
+            if p:
+                tokens += q + p
+                pad += p
+                pairs += (q + p) * c - (q * (q - 1) >> 1)
+            else:
+                tokens += q
+                pairs += q * c - (q * (q - 1) >> 1)
             ctx += c
-            samples += s.sample
-        nseq = len(sched_out.scheduled)
+            if s.sample:
+                samples += 1
+        nseq = len(scheduled)
         extra = sched_out.num_padding_tokens - pad     # padding not attributed to a request
         if extra > 0 and nseq:
             tokens += extra
             pairs += extra * ctx / nseq
         kv_read = ctx
         if self.buckets is not None and nseq:
-            max_blocks = max(len(s.block_ids) for s in sched_out.scheduled)
+            max_blocks = max(len(s.block_ids) for s in scheduled)
             try:
                 t_pad, s_pad, b_pad = self.buckets.pick(tokens, nseq, max_blocks)
             except ValueError:      # static padding beyond the largest bucket: count as is
@@ -119,10 +126,14 @@ class CostModel:
 
     def time_from_counts(self, c) -> float:
         a, b, d, f = self._inv
-        e = self.efficiency
+        step_s, seq_s = self._overhead
         lin_f, lin_b, att_f, att_b, nseq = c
-        return (e.step_overhead_s + e.per_seq_overhead_s * nseq
-                + max(lin_f * a, lin_b * b) + max(att_f * d, att_b * f))
+        lin_f *= a
+        lin_b *= b
+        att_f *= d
+        att_b *= f
+        return (step_s + seq_s * nseq + (lin_f if lin_f > lin_b else lin_b)
+                + (att_f if att_f > att_b else att_b))
 
     def step_time(self, sched_out) -> float:
         return self.time_from_counts(self.counts(sched_out))
