@@ -18,6 +18,7 @@ def small_config(tmp_path, n=600):
     from llmserve.config import load_config
     c = load_config(CONFIG)
     c.data.sources = ()  # never the shared data: the synthetic trace log
+    c.data.aux_sources = ()
     c.data.synthetic_log = str(tmp_path / "synthetic.jsonl")
     c.data.synthetic_num_requests = n
     c.features.table_size = 2**12
