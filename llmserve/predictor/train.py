@@ -61,17 +61,20 @@ def _norm(text: str) -> str:
 
 def build_aux_datasets(config, tokenizer, held_out) -> tuple[list, list[str]]:
     """One dataset per `config.data.aux_sources` spec whose files exist, minus every prompt
-    that also appears (as a substring either way, case and spacing ignored) among the
-    `held_out` datasets' prompt texts: the validation and test prompts never reach training
-    through another file. -> (datasets, descriptions)."""
+    that also appears among the `held_out` datasets' prompts (the same token ids, or texts
+    that contain one another, case and spacing ignored): the validation and test prompts
+    never reach training through another file. -> (datasets, descriptions)."""
     specs = [s for s in config.data.aux_sources if glob.glob(s.partition(":")[2])]
     held = [_norm(t) for d in held_out for t in d.texts if t]
+    held_ids = {tuple(p) for d in held_out for p in d.prompts}
     joined = "\x00".join(held)
     out, desc = [], []
     for spec in specs:
         ds = data_lib.load_sources([spec], tokenizer)
         keep = []
         for i, t in enumerate(ds.texts):
+            if tuple(ds.prompts[i]) in held_ids:
+                continue
             q = _norm((t or "").split("\nContext:")[0])
             if len(q) >= 12 and q in joined:
                 continue

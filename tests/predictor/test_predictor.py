@@ -154,13 +154,14 @@ def test_aux_data_never_holds_a_held_out_prompt(tmp_path):
             {"instruction": "Write a poem about owls", "input": "", "output": "bb"},
             {"instruction": "Sum", "input": "2+2", "output": "4"}]
     (tmp_path / "a.json").write_text(json.dumps(recs))
-    held = data.LengthDataset([[1]], [np.array([5.0])],
-                              ["Please: name three rivers in europe."], ["x"])
+    held = data.LengthDataset([[1], tok.encode("Sum\nContext: 2+2")],
+                              [np.array([5.0]), np.array([6.0])],
+                              ["Please: name three rivers in europe.", None], ["x", "y"])
     c = small_config(tmp_path)
     c.data.aux_sources = (f"instruct:{tmp_path / 'a.json'}", "instruct:/nonexistent/*.json")
     aux, desc = train.build_aux_datasets(c, tok, [held])
-    assert len(aux) == 1 and "1 dropped" in desc[0]
-    assert sorted(aux[0].texts) == ["Sum\nContext: 2+2", "Write a poem about owls"]
+    assert len(aux) == 1 and "2 dropped" in desc[0]   # by text, and by token ids alone
+    assert aux[0].texts == ["Write a poem about owls"]
 
 
 def test_kendall_tau_against_hand_count():
