@@ -376,7 +376,7 @@ class Scheduler:
                 budget -= n
                 i += 1
 
-        if not preempted:
+        if not preempted and len(self.waiting):
             k = len(picked)
             budget = self._admit(now, budget, picked)
             for j in range(k, len(picked)):
@@ -554,14 +554,15 @@ class Scheduler:
         self._pending = None
         bm = self.block_manager
         bs = self.config.block_size
-        used = bm.num_used_blocks
+        cached_free = len(bm._cached_free)
+        used = bm.num_blocks - len(bm._free) - cached_free
         tokens = self._kv_tokens - bm.num_shared_refs * bs
         st = self.stats
         st.kv_reserved_slots += used * bs
         st.kv_used_slots += tokens
         self.step_records.rows.append((
             p[0], p[1], p[2], p[3], p[4], len(self.running),
-            len(self.waiting) + len(self._arrivals), used, bm.num_cached_free_blocks, tokens,
+            len(self.waiting) + len(self._arrivals), used, cached_free, tokens,
             p[5], p[6], p[7], update_ns))
 
     def _stop_status(self, req: Request, tok: int) -> RequestStatus | None:

@@ -118,7 +118,7 @@ def replay(engine, workload: list[WorkloadRequest], *, rate_scale: float = 1.0,
     i = 0
     step_rows = steps.rows
     step_requests = engine.step_requests
-    has_unfinished = engine.has_unfinished
+    has_unfinished = sched.has_unfinished   # what engine.has_unfinished() returns
     finished = RequestStatus.PREEMPTED      # statuses above it are finished
     # A simulation allocates and keeps many long-lived objects (requests, token lists,
     # records) and creates no reference cycles worth collecting: the cyclic GC's passes over
