@@ -92,6 +92,26 @@ def test_fit_recovers_known_factors():
         cm.fit(c[:3].tolist(), t[:3].tolist())
 
 
+def test_fit_total_time_is_unbiased_under_noise():
+    # Log-normal step-time noise (a shared CPU): the relative-error optimum underestimates the
+    # total; match_total rescales so the predicted steps add up to the measured ones.
+    cm = CostModel(TOY, UNIT)
+    rng = np.random.default_rng(1)
+    n = 300
+    c = np.column_stack([rng.uniform(0, 4e6, n), rng.uniform(0, 4e6, n), rng.uniform(0, 4e6, n),
+                         rng.uniform(0, 4e6, n), rng.integers(1, 64, n)])
+    clean = 2e-3 + c[:, 0] / UNIT.peak_flops + c[:, 3] / UNIT.mem_bandwidth
+    t = clean * rng.lognormal(0.0, 0.5, n)
+
+    def total(model):
+        return sum(model.time_from_counts(tuple(row)) for row in c.tolist())
+    raw, rep_raw = cm.fit(c.tolist(), t.tolist(), match_total=False)
+    fitted, rep = cm.fit(c.tolist(), t.tolist())
+    assert total(raw) < 0.95 * t.sum()
+    assert total(fitted) == pytest.approx(t.sum(), rel=1e-6)
+    assert rep["total_time_scale"] > 1.05 and rep_raw["total_time_scale"] == 1.0
+
+
 def test_bad_efficiency_and_hardware():
     with pytest.raises(ValueError, match="linear_compute"):
         Efficiency(linear_compute=0)
