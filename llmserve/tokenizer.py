@@ -103,7 +103,7 @@ class HFTokenizer:
         fn = os.path.join(self.path, "tokenizer.json")
         try:
             self._tok = _Tok.from_file(fn)
-        except Exception as e:  # noqa: BLE001  (tokenizers raises a bare Exception)
+        except Exception as e:
             raise ValueError(f"cannot read {fn}: {e}") from None
         tc: dict = {}
         tc_fn = os.path.join(self.path, "tokenizer_config.json")

@@ -76,7 +76,7 @@ class SafetensorsFile:
             except (UnicodeDecodeError, json.JSONDecodeError) as e:
                 raise ValueError(f"{path}: safetensors header is not valid JSON: {e}") from None
         if not isinstance(header, dict):
-            raise ValueError(f"{path}: safetensors header is not a JSON object")  # noqa: TRY004
+            raise ValueError(f"{path}: safetensors header is not a JSON object")
         self.metadata = header.pop("__metadata__", None) or {}
         self._entries: dict[str, tuple[np.dtype, tuple[int, ...], int, int]] = {}
         data_len = size - 8 - n
@@ -162,7 +162,7 @@ def _read_config_json(path: str) -> dict:
     except json.JSONDecodeError as e:
         raise ValueError(f"{fn} is not valid JSON: {e}") from None
     if not isinstance(hf, dict):
-        raise ValueError(f"{fn} is not a JSON object")  # noqa: TRY004  (bad file, not bad arg)
+        raise ValueError(f"{fn} is not a JSON object")
     return hf
 
 
@@ -182,7 +182,7 @@ def _rope(hf: dict, fn: str, default_theta: float) -> tuple[float, RopeScaling |
     if rs is None:
         return theta, None
     if not isinstance(rs, dict):
-        raise ValueError(  # noqa: TRY004  (bad file contents, not a bad argument)
+        raise ValueError(
             f"{fn}: rope_scaling must be an object or null, got {rs!r}")
     rtype = rs.get("rope_type", rs.get("type", "default"))
     if rtype == "default":
