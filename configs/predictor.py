@@ -33,7 +33,7 @@ def get_config():
 
     c.features = ml_collections.ConfigDict()
     c.features.table_size = 2**16       # hashed n-gram buckets (embedding rows per member)
-    c.features.ngram_orders = (2, 3, 4, 5)  # n-gram orders hashed from the token ids (with
+    c.features.ngram_orders = (3, 4, 5)  # n-gram orders hashed from the token ids (with
                                         # byte tokens, 3-5-grams stand in for words)
     c.features.max_prompt_tokens = 512  # longer prompts keep their first 3/4 and last 1/4
     c.features.hash_seed = 0            # changes every hash (a new feature space)
