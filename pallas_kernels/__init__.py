@@ -12,6 +12,7 @@ from pallas_kernels.paged_attention import (
 from pallas_kernels.ragged_paged_attention import (
     ragged_paged_attention,
     ragged_paged_attention_reference,
+    ragged_paged_attention_tiled,
 )
 
 __all__ = [
@@ -19,4 +20,5 @@ __all__ = [
     "paged_decode_attention_reference",
     "ragged_paged_attention",
     "ragged_paged_attention_reference",
+    "ragged_paged_attention_tiled",
 ]

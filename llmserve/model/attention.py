@@ -6,6 +6,15 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+# Imported here, not inside paged_attention: a first import during tracing changes jax's
+# tracing context and made the first shape compile twice.
+from pallas_kernels import (
+    paged_decode_attention,
+    paged_decode_attention_reference,
+    ragged_paged_attention,
+)
+from pallas_kernels.ragged_paged_attention import ragged_paged_attention_tiled
+
 ATTENTION_IMPLS = ("reference", "pallas", "pallas_interpret")
 
 
@@ -39,19 +48,17 @@ def paged_attention(q, k_pages, v_pages, md: AttentionMetadata, impl: str = "ref
     """q [T, Hq, D] -> [T, Hq, D] over the paged cache (this step's K/V already written)."""
     if md.decode_only:
         if impl == "reference":
-            from pallas_kernels import paged_decode_attention_reference
             return paged_decode_attention_reference(q, k_pages, v_pages, md.block_tables,
                                                     md.seq_lens)
         if impl in ("pallas", "pallas_interpret"):
-            from pallas_kernels import paged_decode_attention
             return paged_decode_attention(q, k_pages, v_pages, md.block_tables, md.seq_lens,
                                           interpret=impl == "pallas_interpret")
     if impl == "reference":
-        from pallas_kernels import ragged_paged_attention_reference
-        return ragged_paged_attention_reference(
+        # Plain jnp, tiled by query so XLA runs matrix products (tested against the oracle
+        # pallas_kernels.ragged_paged_attention_reference).
+        return ragged_paged_attention_tiled(
             q, k_pages, v_pages, md.block_tables, md.seq_lens, md.query_start_loc, md.num_seqs)
     if impl in ("pallas", "pallas_interpret"):
-        from pallas_kernels import ragged_paged_attention
         return ragged_paged_attention(
             q, k_pages, v_pages, md.block_tables, md.seq_lens, md.query_start_loc, md.num_seqs,
             interpret=impl == "pallas_interpret")

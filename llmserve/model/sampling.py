@@ -10,6 +10,10 @@ import jax
 import jax.numpy as jnp
 
 
+def _row_key(seed, idx):
+    return jax.random.fold_in(jax.random.PRNGKey(seed), idx)
+
+
 def sample(logits, temperature, top_k, top_p, seeds, token_index):
     """logits [S, V] float32; temperature/top_p float [S]; top_k, seeds, token_index int [S].
 
@@ -36,10 +40,7 @@ def sample(logits, temperature, top_k, top_p, seeds, token_index):
     threshold = jnp.maximum(kth, pth)
     masked = jnp.where(scaled >= threshold, scaled, -jnp.inf)
 
-    def row_key(seed, idx):
-        return jax.random.fold_in(jax.random.PRNGKey(seed), idx)
-
-    keys = jax.vmap(row_key)(seeds.astype(jnp.uint32), token_index.astype(jnp.uint32))
+    keys = jax.vmap(_row_key)(seeds.astype(jnp.uint32), token_index.astype(jnp.uint32))
     drawn = jax.vmap(lambda key, row: jax.random.categorical(key, row))(keys, masked)
     tokens = jnp.where(temperature > 0, drawn.astype(jnp.int32), greedy)
     chosen_logprob = jnp.take_along_axis(logprobs_all, tokens[:, None], axis=-1)[:, 0]
