@@ -10,9 +10,12 @@ new tokens over a context of c reads its c cached K/V and computes q*c - q(q-1)/
 query-key pairs (causal). Static batching's padding slots are computed like real tokens.
 
 With `buckets` (the JaxRunner's padding buckets) the counts are those of the padded batch the
-reference runner really executes: tokens padded to a bucket, and every query gathering the
-whole padded block table (how the plain-jnp reference attention works). `fit()` calibrates the
-six factors from measured step times.
+plain-jnp CPU runner really executes: tokens padded to a bucket, and its attention's static
+shapes: a decode-only batch gathers each sequence slot's whole padded block table once
+(paged_decode_attention_reference); a mixed batch runs ragged_paged_attention_tiled, whose
+static tile plan is min(S, T) one-row tiles plus min(T, ceil(T/32) + min(S, T // 2)) tiles of 32
+query rows, each gathering the padded block table once and computing all of its rows (masked
+or not). `fit()` calibrates the six factors from measured step times.
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ from llmserve.model.config import ModelConfig
 from llmserve.sim.hardware import HardwareProfile
 
 _DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+_TILE_Q = 32    # ragged_paged_attention_tiled's block_q (query rows per tile)
 FACTORS = ("linear_compute", "linear_memory", "attn_compute", "attn_memory",
            "step_overhead_s", "per_seq_overhead_s")
 
@@ -116,8 +120,16 @@ class CostModel:
                 t_pad, s_pad, b_pad = self.buckets.pick(tokens, nseq, max_blocks)
             except ValueError:      # static padding beyond the largest bucket: count as is
                 t_pad, s_pad, b_pad = tokens, nseq, max_blocks
+            ctx_pad = b_pad * self.block_size
+            if t_pad == s_pad and tokens == nseq:   # the runner's decode_only flag
+                pairs = kv_read = s_pad * ctx_pad
+            else:
+                one_row = min(s_pad, t_pad)
+                long = min(t_pad, -(-t_pad // _TILE_Q) + min(s_pad, t_pad // 2)) \
+                    if t_pad >= 2 else 0
+                pairs = (one_row + long * _TILE_Q) * ctx_pad
+                kv_read = (one_row + long) * ctx_pad
             tokens, samples = t_pad, s_pad
-            pairs = kv_read = t_pad * b_pad * self.block_size
         return (tokens * self.linear_flops_per_token + samples * self.head_flops_per_row,
                 self.weight_bytes + tokens * self.act_bytes_per_token,
                 pairs * self.attn_flops_per_pair,

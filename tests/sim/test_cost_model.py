@@ -131,7 +131,15 @@ def test_buckets_count_the_padded_reference_batch():
     from llmserve.runner.buckets import Buckets
     cm = CostModel(TOY, UNIT, EXACT, buckets=Buckets(64, 8, 8), block_size=16)
     lin_f, _, att_f, att_b, _ = cm.counts(_so([(3, 2, True, 0), (1, 9, True, 0)]))
-    # 4 tokens -> 16-token bucket, 8 sequences; every query gathers 8 blocks of 16 slots
+    # 4 tokens -> 16-token bucket, 8 sequence slots, 8 blocks of 16 = 128 context slots. A
+    # mixed batch: the tiled attention's static plan is min(8, 16) = 8 one-row tiles and
+    # min(16, ceil(16/32) + min(8, 16 // 2)) = 9 tiles of 32 rows, each gathering 128 slots.
     assert lin_f == 16 * 576 + 8 * 80
-    assert att_f == 16 * 128 * 32
-    assert att_b == (16 * 128 + 16) * 32
+    assert att_f == (8 + 9 * 32) * 128 * 32
+    assert att_b == ((8 + 9) * 128 + 16) * 32
+    # Decode-only: 8 one-token sequences -> T = S = 8 (an 8-token bucket), the decode path
+    # gathers each slot's 128 context slots once.
+    cm8 = CostModel(TOY, UNIT, EXACT, buckets=Buckets(64, 8, 8, min_tokens=8), block_size=16)
+    _, _, att_f, att_b, _ = cm8.counts(_so([(1, 9, True, 0)] * 8))
+    assert att_f == 8 * 128 * 32
+    assert att_b == (8 * 128 + 8) * 32
