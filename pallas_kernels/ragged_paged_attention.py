@@ -317,15 +317,15 @@ def ragged_paged_attention_reference(q, k_pages, v_pages, block_tables, seq_lens
 
 
 def ragged_paged_attention_tiled(q, k_pages, v_pages, block_tables, seq_lens, query_start_loc,
-                                 num_seqs, *, sm_scale=None, block_q=32):
+                                 num_seqs, *, sm_scale=None, block_q=16, tiles_per_chunk=8):
     """The same attention in plain jnp, organised for XLA on a CPU: [T, Hq, D].
 
     The reference gathers a sequence's whole context for every query row (a matrix-vector
     product per row, and T x context of gathered K/V). Here query rows are grouped into tiles
     of one sequence (`query_tiles`, shared with the Pallas kernel): decode rows one per tile,
     longer query ranges block_q rows per tile, so K/V are gathered once per tile and the
-    scores are batched matrix products. The tile count is static (a bound), so some tiles are
-    empty and masked.
+    scores are batched matrix products. The tile lists have a static bound, but a while loop
+    walks only the chunks that hold real tiles, so the work follows the batch, not the bound.
     """
     num_tokens, num_heads, head_dim = q.shape
     num_kv_heads, _, page_size, _ = k_pages.shape
@@ -334,35 +334,43 @@ def ragged_paged_attention_tiled(q, k_pages, v_pages, block_tables, seq_lens, qu
     scale = head_dim ** -0.5 if sm_scale is None else sm_scale
     qsl = query_start_loc.astype(jnp.int32)
     num_seqs = jnp.clip(jnp.asarray(num_seqs, jnp.int32).reshape(()), 0, num_slots)
+    ctx = block_tables.shape[1] * page_size
     out = jnp.zeros((num_tokens + 1, num_heads, head_dim), jnp.float32)   # +1: dropped rows
     n_long = min(num_tokens, -(-num_tokens // block_q) + min(num_slots, num_tokens // 2))
-    plan = [(1, 1, 1, min(num_slots, num_tokens))]
+    plan = [(1, 1, 1, min(num_slots, num_tokens), 2 * tiles_per_chunk)]
     if num_tokens >= 2 and n_long > 0:
-        plan.append((block_q, 2, num_tokens, n_long))
-    for bq, lo, hi, n in plan:
-        seq, row0, nrows, pos0 = query_tiles(qsl, seq_lens, num_seqs, block_q=bq,
-                                             min_q_len=lo, max_q_len=hi, num_tiles=n)
+        plan.append((block_q, 2, num_tokens, n_long, tiles_per_chunk))
+
+    for bq, lo, hi, n, chunk in plan:
+        n_pad = -(-n // chunk) * chunk
+        meta = query_tiles(qsl, seq_lens, num_seqs, block_q=bq, min_q_len=lo, max_q_len=hi,
+                           num_tiles=n_pad)
+        num_chunks = (jnp.sum(meta[2] > 0) + chunk - 1) // chunk   # real tiles come first
         r = jnp.arange(bq, dtype=jnp.int32)
-        row_ok = r[None, :] < nrows[:, None]                                  # [n, bq]
-        rows = jnp.where(row_ok, row0[:, None] + r[None, :], num_tokens)     # [n, bq]
-        # Layout [Hkv, tile, rows, ...]: the gathered K/V already are [Hkv, tile, ctx, D], so
-        # both products are batched over (Hkv, tile) with no transpose of the big operand.
-        qt = q[jnp.minimum(rows, num_tokens - 1)].astype(jnp.float32)
-        qt = qt.reshape(n, bq, num_kv_heads, group, head_dim).transpose(2, 0, 1, 3, 4)
-        qt = qt.reshape(num_kv_heads, n, bq * group, head_dim)
-        pages = block_tables[seq]                                             # [n, P]
-        ctx = pages.shape[1] * page_size
-        k = k_pages[:, pages].reshape(num_kv_heads, n, ctx, head_dim).astype(jnp.float32)
-        v = v_pages[:, pages].reshape(num_kv_heads, n, ctx, head_dim).astype(jnp.float32)
-        s = jnp.einsum("knrd,knld->knrl", qt, k) * scale                   # [Hkv, n, bq*G, L]
-        qpos = pos0[:, None] + r[None, :]                                     # [n, bq]
-        mask = (jnp.arange(ctx)[None, None, :] <= qpos[:, :, None]) & row_ok[:, :, None]
-        mask = jnp.repeat(mask, group, axis=1)                                # [n, bq*G, L]
-        s = jnp.where(mask[None], s, -jnp.inf)
-        m = jnp.max(s, axis=-1, keepdims=True)
-        p = jnp.exp(s - jnp.where(jnp.isfinite(m), m, 0.0))
-        denom = jnp.sum(p, axis=-1, keepdims=True)
-        o = jnp.einsum("knrl,knld->knrd", p / jnp.where(denom > 0, denom, 1.0), v)
-        o = o.reshape(num_kv_heads, n, bq, group, head_dim).transpose(1, 2, 0, 3, 4)
-        out = out.at[rows].set(o.reshape(n, bq, num_heads, head_dim), mode="drop")
+
+        def body(c, out, meta=meta, bq=bq, chunk=chunk, r=r):
+            seq, row0, nrows, pos0 = lax.dynamic_slice_in_dim(meta, c * chunk, chunk, axis=1)
+            row_ok = r[None, :] < nrows[:, None]                              # [C, bq]
+            rows = jnp.where(row_ok, row0[:, None] + r[None, :], num_tokens)
+            # Layout [Hkv, tile, rows, ...]: the gathered K/V already are [Hkv, tile, ctx, D],
+            # so both products are batched over (Hkv, tile) with no transpose of K/V.
+            qt = q[jnp.minimum(rows, num_tokens - 1)].astype(jnp.float32)
+            qt = qt.reshape(chunk, bq, num_kv_heads, group, head_dim).transpose(2, 0, 1, 3, 4)
+            qt = qt.reshape(num_kv_heads, chunk, bq * group, head_dim)
+            pages = block_tables[seq]
+            k = k_pages[:, pages].reshape(num_kv_heads, chunk, ctx, head_dim).astype(jnp.float32)
+            v = v_pages[:, pages].reshape(num_kv_heads, chunk, ctx, head_dim).astype(jnp.float32)
+            s = jnp.einsum("knrd,knld->knrl", qt, k) * scale
+            qpos = pos0[:, None] + r[None, :]
+            mask = (jnp.arange(ctx)[None, None, :] <= qpos[:, :, None]) & row_ok[:, :, None]
+            mask = jnp.repeat(mask, group, axis=1)                            # [C, bq*G, L]
+            s = jnp.where(mask[None], s, -jnp.inf)
+            m = jnp.max(s, axis=-1, keepdims=True)
+            p = jnp.exp(s - jnp.where(jnp.isfinite(m), m, 0.0))
+            denom = jnp.sum(p, axis=-1, keepdims=True)
+            o = jnp.einsum("knrl,knld->knrd", p / jnp.where(denom > 0, denom, 1.0), v)
+            o = o.reshape(num_kv_heads, chunk, bq, group, head_dim).transpose(1, 2, 0, 3, 4)
+            return out.at[rows].set(o.reshape(chunk, bq, num_heads, head_dim), mode="drop")
+
+        out = lax.fori_loop(0, num_chunks, body, out)
     return out[:num_tokens].astype(q.dtype)
