@@ -12,10 +12,11 @@ query-key pairs (causal). Static batching's padding slots are computed like real
 With `buckets` (the JaxRunner's padding buckets) the counts are those of the padded batch the
 plain-jnp CPU runner really executes: tokens padded to a bucket, and its attention's static
 shapes: a decode-only batch gathers each sequence slot's whole padded block table once
-(paged_decode_attention_reference); a mixed batch runs ragged_paged_attention_tiled, whose
-static tile plan is min(S, T) one-row tiles plus min(T, ceil(T/32) + min(S, T // 2)) tiles of 32
-query rows, each gathering the padded block table once and computing all of its rows (masked
-or not). `fit()` calibrates the six factors from measured step times.
+(paged_decode_attention_reference); a mixed batch runs ragged_paged_attention_tiled, which
+walks only the chunks holding real tiles: one-row tiles for decode rows (chunks of 16) and
+16-row tiles for longer query ranges (chunks of 8), each tile gathering the padded block
+table once and computing all of its rows (masked or not). `fit()` calibrates the six factors
+from measured step times.
 """
 from __future__ import annotations
 
@@ -27,7 +28,9 @@ from llmserve.model.config import ModelConfig
 from llmserve.sim.hardware import HardwareProfile
 
 _DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
-_TILE_Q = 32    # ragged_paged_attention_tiled's block_q (query rows per tile)
+# ragged_paged_attention_tiled's block_q (query rows per tile) and tiles per loop chunk for
+# one-row and long tiles.
+_TILE_Q, _CHUNK_ONE, _CHUNK_LONG = 16, 16, 8
 FACTORS = ("linear_compute", "linear_memory", "attn_compute", "attn_memory",
            "step_overhead_s", "per_seq_overhead_s")
 
@@ -93,11 +96,16 @@ class CostModel:
         """(linear FLOPs, linear bytes, attention FLOPs, attention bytes, sequences)."""
         tokens = pairs = ctx = 0
         samples = pad = 0
+        one_row_tiles = long_tiles = 0
         scheduled = sched_out.scheduled
         for s in scheduled:
             q = len(s.token_ids)
             c = s.start_pos + q
             p = s.num_padding_tokens
+            if q + p == 1:
+                one_row_tiles += 1
+            else:
+                long_tiles += -(-(q + p) // _TILE_Q)
             if p:
                 tokens += q + p
                 pad += p
@@ -124,9 +132,8 @@ class CostModel:
             if t_pad == s_pad and tokens == nseq:   # the runner's decode_only flag
                 pairs = kv_read = s_pad * ctx_pad
             else:
-                one_row = min(s_pad, t_pad)
-                long = min(t_pad, -(-t_pad // _TILE_Q) + min(s_pad, t_pad // 2)) \
-                    if t_pad >= 2 else 0
+                one_row = -(-one_row_tiles // _CHUNK_ONE) * _CHUNK_ONE
+                long = -(-long_tiles // _CHUNK_LONG) * _CHUNK_LONG
                 pairs = (one_row + long * _TILE_Q) * ctx_pad
                 kv_read = (one_row + long) * ctx_pad
             tokens, samples = t_pad, s_pad

@@ -132,11 +132,12 @@ def test_buckets_count_the_padded_reference_batch():
     cm = CostModel(TOY, UNIT, EXACT, buckets=Buckets(64, 8, 8), block_size=16)
     lin_f, _, att_f, att_b, _ = cm.counts(_so([(3, 2, True, 0), (1, 9, True, 0)]))
     # 4 tokens -> 16-token bucket, 8 sequence slots, 8 blocks of 16 = 128 context slots. A
-    # mixed batch: the tiled attention's static plan is min(8, 16) = 8 one-row tiles and
-    # min(16, ceil(16/32) + min(8, 16 // 2)) = 9 tiles of 32 rows, each gathering 128 slots.
+    # mixed batch: the tiled attention walks whole chunks of real tiles: the 1-token request
+    # is one one-row tile (a chunk of 16 such tiles), the 3-token one is one 16-row tile (a
+    # chunk of 8 such tiles); every tile gathers the 128 slots.
     assert lin_f == 16 * 576 + 8 * 80
-    assert att_f == (8 + 9 * 32) * 128 * 32
-    assert att_b == ((8 + 9) * 128 + 16) * 32
+    assert att_f == (16 + 8 * 16) * 128 * 32
+    assert att_b == ((16 + 8) * 128 + 16) * 32
     # Decode-only: 8 one-token sequences -> T = S = 8 (an 8-token bucket), the decode path
     # gathers each slot's 128 context slots once.
     cm8 = CostModel(TOY, UNIT, EXACT, buckets=Buckets(64, 8, 8, min_tokens=8), block_size=16)
