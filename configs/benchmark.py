@@ -22,7 +22,8 @@ def get_config():
     c.model.path = ""                   # or a Hugging Face checkpoint directory (overrides preset)
 
     c.workload = ml_collections.ConfigDict()
-    c.workload.kind = "synthetic"       # synthetic | azure_csv | sharegpt | alpaca | castillo | jsonl
+    # synthetic | azure_csv | sharegpt | alpaca | castillo | jsonl
+    c.workload.kind = "synthetic"
     c.workload.path = ""                # data file for every kind but synthetic
     c.workload.num_requests = 64        # request cap (0 = the whole file)
     c.workload.rate = 3.0               # synthetic and datasets without times: req/s

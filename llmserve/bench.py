@@ -294,7 +294,8 @@ def run(config) -> dict:
     out = {"config": cfg, "workload": wl, "runner": setup.runner, "hardware": setup.hardware.name,
                "num_kv_blocks": setup.num_kv_blocks,
                "cost_model": dataclasses.asdict(setup.cost_model.efficiency)
-               if setup.runner == "sim" else None, "policies": {}, "date": time.strftime("%Y-%m-%d")}
+               if setup.runner == "sim" else None, "policies": {},
+           "date": time.strftime("%Y-%m-%d")}
     # The workload's own rate (synthetic: workload.rate; traces: as recorded), scaled.
     rate = setup.base_rate * (_g(cfg, "workload.rate_scale") or 1.0)
     lats = {}
@@ -394,7 +395,7 @@ def format_results(results: dict) -> str:
     if results.get("policies"):
         base = "static" if "static" in results["policies"] else None
         parts.append(report.table(results["policies"], baseline=base))
-    for key, title in (("rate_sweep", "rate"),):
+    for key, _title in (("rate_sweep", "rate"),):
         for n, ms in (results.get(key) or {}).items():
             rows = {f"{m['rate_rps']:.2f}": m for m in ms}
             parts.append(f"\n{n}: request-rate sweep\n" + report.table(rows, None, label="req/s"))
@@ -411,7 +412,7 @@ def format_results(results: dict) -> str:
     return "\n".join(parts)
 
 
-# ---- simulator fidelity ---------------------------------------------------------------------------
+# ---- simulator fidelity ------------------------------------------------------------------
 def run_fidelity(config) -> dict:
     """Calibrate the cost model on the real JaxRunner's step times on one workload, then
     predict a different workload (its throughput and latencies) and compare with the real

@@ -86,7 +86,7 @@ class EngineConfig:
             num_kv_blocks=num_kv_blocks, max_model_len=self.max_model_len, **knobs)
 
     @classmethod
-    def from_dict(cls, d: Any) -> "EngineConfig":
+    def from_dict(cls, d: Any) -> EngineConfig:
         """From a dict / ConfigDict; an unknown field is an error that names it."""
         if hasattr(d, "to_dict"):
             d = d.to_dict()
@@ -97,7 +97,7 @@ class EngineConfig:
                              f"{sorted(known)}")
         return cls(**d)
 
-    def replace(self, **kw) -> "EngineConfig":
+    def replace(self, **kw) -> EngineConfig:
         known = {f.name for f in dataclasses.fields(self)}
         unknown = sorted(set(kw) - known)
         if unknown:

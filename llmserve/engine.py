@@ -4,7 +4,7 @@ from __future__ import annotations
 import itertools
 import os
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 from llmserve.config import SCHEDULER_KNOBS, EngineConfig
 from llmserve.core.request import Request

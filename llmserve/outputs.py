@@ -46,7 +46,7 @@ class RequestOutput:
     metrics: RequestMetrics
 
     @classmethod
-    def from_request(cls, req: Request, text: str | None) -> "RequestOutput":
+    def from_request(cls, req: Request, text: str | None) -> RequestOutput:
         fr = req.finish_reason
         return cls(
             request_id=req.request_id, prompt=req.prompt_text,

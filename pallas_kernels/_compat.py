@@ -55,7 +55,8 @@ def triton_backend_status() -> dict:
         "triton_module": _plgpu is not None,
         "import_error": None if TRITON_IMPORT_ERROR is None else repr(TRITON_IMPORT_ERROR),
         "has_compiler_params": _plgpu is not None and hasattr(_plgpu, "CompilerParams"),
-        "has_load_store": _plgpu is not None and hasattr(_plgpu, "load") and hasattr(_plgpu, "store"),
+        "has_load_store": (_plgpu is not None and hasattr(_plgpu, "load")
+                           and hasattr(_plgpu, "store")),
         "deprecated": TRITON_DEPRECATED,
         "deprecation_accelerated": accelerated,
     }

@@ -276,7 +276,7 @@ def stage_env(rec: Recorder, profile: str, interpret: bool):
     try:
         info["memory_stats"] = {k: v for k, v in (d0.memory_stats() or {}).items()
                                 if k in ("bytes_limit", "bytes_in_use", "peak_bytes_in_use")}
-    except Exception as e:  # noqa: BLE001  (best effort: any backend may refuse)
+    except Exception as e:
         info["memory_stats"] = repr(e)
     rec.set("env", info)
     print(json.dumps(info, indent=1, default=str), flush=True)
@@ -340,7 +340,7 @@ def stage_correctness(rec: Recorder, profile: str, interpret: bool):
             rec.add({"case": name, "ok": ok, **err, "zero_rows_ok": zeros_ok,
                      "tolerance": TOLERANCE[dt], "seconds": round(time.perf_counter() - t, 2),
                      "problem": prob})
-        except Exception as e:  # noqa: BLE001  (record and go on: one run, all the data)
+        except Exception as e:
             rec.error(name, e)
 
 
@@ -396,7 +396,7 @@ def stage_decode(rec: Recorder, profile: str, interpret: bool, ref_mem_limit: fl
                 err = _max_err(kernel(*args), reference(*args))
                 item["max_abs_err_vs_ref"] = err["max_abs_err"]
             rec.add(item)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             rec.error(name, e)
         finally:
             del args
@@ -447,7 +447,7 @@ def stage_ragged(rec: Recorder, profile: str, interpret: bool, ref_mem_limit: fl
                 item["max_abs_err_vs_ref"] = _max_err(kernel(*args), reference(*args))[
                     "max_abs_err"]
             rec.add(item)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             rec.error(name, e)
     del args
     # Routing question: the same decode tokens through both kernels.
@@ -469,7 +469,7 @@ def stage_ragged(rec: Recorder, profile: str, interpret: bool, ref_mem_limit: fl
                      "decode_gbps": nbytes / td["median_s"] / 1e9,
                      "ragged_gbps": nbytes / tr["median_s"] / 1e9})
             del dargs, rargs
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             rec.error(name, e)
 
 
@@ -504,7 +504,7 @@ def stage_autotune(rec: Recorder, profile: str, interpret: bool):
                         "first_call_s": t["first_call_s"]}
                 results.append(item)
                 rec.add(item)
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 rec.error(name, e)
         if not results:
             continue
@@ -528,7 +528,7 @@ def stage_autotune(rec: Recorder, profile: str, interpret: bool):
                         "frac_copy_bw": nbytes / t["median_s"] / 1e9 / bw["gbps"]}
                 results.append(item)
                 rec.add(item)
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 rec.error(name, e)
         top = min(results, key=lambda r: r["us"])
         best[f"B={batch} ctx={ctx}"] = {"config": top["config"], "us": top["us"],
@@ -555,7 +555,7 @@ def stage_autotune(rec: Recorder, profile: str, interpret: bool):
                     "frac_roofline": roof["roofline_s"] / t["median_s"]}
             rres.append(item)
             rec.add(item)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             rec.error(name, e)
     if rres:
         top = min(rres, key=lambda r: r["us"])
@@ -583,7 +583,7 @@ def run_stage(stage: str, out_dir: str, budget_s: float, args: StageArgs) -> dic
     try:
         rec.set("device", str(jax.devices()[0]))
         STAGES[stage](rec, args)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         rec.error(f"stage {stage}", e)
     rec.finish()
     return rec.data

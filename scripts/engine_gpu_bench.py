@@ -21,10 +21,10 @@ from absl import app, flags, logging
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from llmserve.core.sched_output import ScheduledRequest, SchedulerOutput  # noqa: E402
-from llmserve.model.config import get_preset  # noqa: E402
-from llmserve.model.params import init_params  # noqa: E402
-from llmserve.runner.jax_runner import JaxRunner  # noqa: E402
+from llmserve.core.sched_output import ScheduledRequest, SchedulerOutput
+from llmserve.model.config import get_preset
+from llmserve.model.params import init_params
+from llmserve.runner.jax_runner import JaxRunner
 
 FLAGS = flags.DEFINE_string("out", "results/engine_gpu.json", "JSON output path")
 _MODELS = flags.DEFINE_list("models", ["tiny", "llama3-8b"], "presets to run")

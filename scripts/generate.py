@@ -12,7 +12,7 @@ from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from llmserve import LLM, EngineConfig, SamplingParams  # noqa: E402
+from llmserve import LLM, EngineConfig, SamplingParams
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/generate.py", "generation config")
 

@@ -6,7 +6,7 @@ from llmserve.engine import LLMEngine
 from llmserve.sampling_params import SamplingParams
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def tiny_model(seed=0):
     from llmserve.model.config import get_preset
     from llmserve.model.params import init_params

@@ -78,7 +78,8 @@ def test_stop_token_and_eos_and_metrics():
     stop_at = free.token_ids[2]
     out = generate(engine(), prompts, SamplingParams(max_tokens=6, temperature=0.0,
                                                      stop_token_ids=[stop_at]))[0]
-    assert out.finish_reason == "stop" and out.token_ids == free.token_ids[:free.token_ids.index(stop_at) + 1]
+    assert out.finish_reason == "stop"
+    assert out.token_ids == free.token_ids[:free.token_ids.index(stop_at) + 1]
     assert free.finish_reason == "length"
     m = free.metrics
     assert m.ttft > 0 and m.e2e >= m.ttft and m.tpot > 0 and m.num_output_tokens == 6

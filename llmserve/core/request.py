@@ -68,7 +68,8 @@ class Request:
 
     def __init__(self, request_id: str, prompt_token_ids: list[int],
                  sampling_params: SamplingParams, arrival_time: float,
-                 eos_token_ids: tuple[int, ...] = (), seed: int = 0, prompt_text: str | None = None):
+                 eos_token_ids: tuple[int, ...] = (), seed: int = 0,
+                 prompt_text: str | None = None):
         self.request_id = request_id
         self.prompt_token_ids = list(prompt_token_ids)
         self.prompt_text = prompt_text

@@ -50,7 +50,7 @@ def init_params(cfg: ModelConfig, seed: int = 0) -> dict:
     """
     dtype = jnp.dtype(cfg.dtype)
     shapes = param_shapes(cfg)
-    is_shape = lambda x: isinstance(x, tuple)  # noqa: E731
+    is_shape = lambda x: isinstance(x, tuple)
     flat, treedef = jax.tree_util.tree_flatten_with_path(shapes, is_leaf=is_shape)
     keys = jax.random.split(jax.random.PRNGKey(seed), len(flat))
     leaves = []

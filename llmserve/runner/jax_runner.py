@@ -6,7 +6,6 @@ import functools
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from llmserve.core.sched_output import RunnerOutput, SchedulerOutput

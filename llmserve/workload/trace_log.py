@@ -34,7 +34,8 @@ def make_record(request_id, prompt_token_ids, output_len, *, prompt_text=None,
                 finish_reason=None, arrival_s=0.0, ttft_s=None, e2e_s=None) -> dict:
     ids = [int(t) for t in prompt_token_ids]
     rec = {"request_id": str(request_id), "prompt_token_ids": ids, "prompt_text": prompt_text,
-               "prompt_len": len(ids), "output_len": int(output_len), "finish_reason": finish_reason,
+               "prompt_len": len(ids), "output_len": int(output_len),
+               "finish_reason": finish_reason,
                "arrival_s": float(arrival_s), "ttft_s": None if ttft_s is None else float(ttft_s),
                "e2e_s": None if e2e_s is None else float(e2e_s)}
     validate_record(rec)
@@ -62,7 +63,7 @@ def record_from_request(req) -> dict:
 def validate_record(rec) -> None:
     """ValueError naming the first wrong field."""
     if not isinstance(rec, dict):
-        raise ValueError(f"a trace record must be a JSON object, got {type(rec).__name__}")  # noqa: TRY004
+        raise ValueError(f"a trace record must be a JSON object, got {type(rec).__name__}")
     missing = [f for f in FIELDS if f not in rec]
     if missing:
         raise ValueError(f"trace record misses field(s) {missing}")
@@ -127,7 +128,7 @@ class TraceLogWriter:
     def __del__(self):
         try:
             self.close()
-        except Exception:  # noqa: BLE001, S110  (interpreter shutdown: nothing to report to)
+        except Exception:
             pass
 
 

@@ -10,7 +10,8 @@ from llmserve.sampling_params import SamplingParams
 
 
 def make_req(i, prompt_len, max_tokens, seed=None):
-    sp = SamplingParams(max_tokens=max_tokens, ignore_eos=True, seed=seed if seed is not None else i)
+    sp = SamplingParams(max_tokens=max_tokens, ignore_eos=True,
+                        seed=seed if seed is not None else i)
     return Request(str(i), list(range(1, prompt_len + 1)), sp, arrival_time=0.0)
 
 
@@ -36,7 +37,7 @@ def expected_tokens(req):
 @pytest.mark.parametrize("policy", ["chunked", "continuous"])
 def test_random_workloads_hold_invariants(policy):
     rnd = random.Random(0)
-    for trial in range(30):
+    for _ in range(30):
         cfg = SchedulerConfig.for_policy(
             policy, max_num_seqs=rnd.choice([1, 2, 4, 8]),
             max_num_batched_tokens=rnd.choice([16, 32, 64]) if policy == "chunked" else 256,

@@ -19,7 +19,7 @@ def test_tiled_equals_reference_on_random_ragged_batches(group, block_q):
         slots = int(rng.integers(1, 9))
         tokens = int(rng.choice([16, 32, 64]))
         q_lens, left = [], tokens
-        for i in range(slots):        # decodes, chunks, page-boundary lengths, empty tails
+        for _ in range(slots):        # decodes, chunks, page-boundary lengths, empty tails
             ql = int(rng.choice([1, 1, 15, 16, 17, 40])) if left else 0
             ql = min(ql, left)
             q_lens.append(ql)

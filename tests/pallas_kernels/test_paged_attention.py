@@ -144,7 +144,8 @@ def test_full_product(group, head_dim, page_size, dtype):
 
 def _good(**over):
     a = {"q": jnp.zeros((2, 8, 64), F32), "k_pages": jnp.zeros((2, 4, 16, 64), F32),
-             "v_pages": jnp.zeros((2, 4, 16, 64), F32), "block_tables": jnp.zeros((2, 3), jnp.int32),
+             "v_pages": jnp.zeros((2, 4, 16, 64), F32),
+             "block_tables": jnp.zeros((2, 3), jnp.int32),
              "seq_lens": jnp.zeros((2,), jnp.int32)}
     a.update(over)
     return a

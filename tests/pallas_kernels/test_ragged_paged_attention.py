@@ -161,7 +161,8 @@ def test_full_product(group, head_dim, page_size, dtype):
 
 def _good(**over):
     a = {"q": jnp.zeros((16, 8, 64), F32), "k_pages": jnp.zeros((2, 4, 16, 64), F32),
-             "v_pages": jnp.zeros((2, 4, 16, 64), F32), "block_tables": jnp.zeros((3, 2), jnp.int32),
+             "v_pages": jnp.zeros((2, 4, 16, 64), F32),
+             "block_tables": jnp.zeros((3, 2), jnp.int32),
              "seq_lens": jnp.zeros((3,), jnp.int32), "query_start_loc": jnp.zeros((4,), jnp.int32),
              "num_seqs": jnp.asarray(0, jnp.int32)}
     a.update(over)
