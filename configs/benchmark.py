@@ -25,8 +25,8 @@ def get_config():
     # synthetic | azure_csv | sharegpt | alpaca | castillo | jsonl
     c.workload.kind = "synthetic"
     c.workload.path = ""                # data file for every kind but synthetic
-    c.workload.num_requests = 64        # request cap (0 = the whole file)
-    c.workload.rate = 3.0               # synthetic and datasets without times: req/s
+    c.workload.num_requests = 96        # request cap (0 = the whole file)
+    c.workload.rate = 16.0              # synthetic and datasets without times: req/s
     c.workload.rate_scale = 0.0         # arrival-rate multiplier (0 = 1: traces as recorded)
     c.workload.seed = 0                 # arrivals, lengths, token ids
     c.workload.time_limit_s = 0.0       # stop a run after this much (run-clock) time; 0 = none
