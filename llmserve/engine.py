@@ -6,6 +6,8 @@ import os
 import time
 from collections.abc import Sequence
 
+import numpy as np
+
 from llmserve.config import SCHEDULER_KNOBS, EngineConfig
 from llmserve.core.request import Request
 from llmserve.core.scheduler import create_scheduler
@@ -84,6 +86,8 @@ class LLMEngine:
     def _validate(self, prompt, sp: SamplingParams) -> tuple[list[int], str | None]:
         if not isinstance(sp, SamplingParams):
             raise ValueError(f"sampling_params must be a SamplingParams, got {type(sp).__name__}")
+        vocab = self.model_config.vocab_size
+        in_vocab = False        # the vocabulary check already done (numpy input)
         if isinstance(prompt, str):
             text = prompt
             ids = self.tokenizer.encode(prompt) if prompt else []
@@ -96,13 +100,18 @@ class LLMEngine:
                 for i, t in enumerate(ids):
                     if isinstance(t, bool) or not isinstance(t, int):
                         raise ValueError(f"prompt token {i} must be an int, got {t!r}")
+        elif isinstance(prompt, np.ndarray) and prompt.ndim == 1 and prompt.dtype.kind in "iu":
+            # A trace replay's prompts: checked in numpy, not by three passes over a list
+            # (~50 us per 1,000-token prompt, a tenth of a simulation's wall time).
+            text = None
+            in_vocab = bool(prompt.size) and prompt.min() >= 0 and prompt.max() < vocab
+            ids = prompt.tolist()
         else:
-            raise ValueError(f"prompt must be a string or a list of token ids, got "
-                             f"{type(prompt).__name__}")
+            raise ValueError(f"prompt must be a string, a list of token ids or a 1-D integer "
+                             f"numpy array, got {type(prompt).__name__}")
         if not ids:
             raise ValueError("prompt is empty: at least one token is required")
-        vocab = self.model_config.vocab_size
-        if min(ids) < 0 or max(ids) >= vocab:
+        if not in_vocab and (min(ids) < 0 or max(ids) >= vocab):
             for i, t in enumerate(ids):
                 if not 0 <= t < vocab:
                     raise ValueError(f"prompt token {i} is {t}, outside the vocabulary "

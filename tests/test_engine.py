@@ -92,7 +92,17 @@ BAD = [
     ([1, -1], GREEDY, "prompt token 1 is -1"),
     ([1] * 250, SamplingParams(max_tokens=10), "exceeds max_model_len"),
     ([1, "a"], GREEDY, "prompt token 1 must be an int"),
+    (np.array([1, 2, 9999]), GREEDY, "prompt token 2 is 9999, outside the vocabulary"),
+    (np.array([], np.int64), GREEDY, "prompt is empty"),
+    (np.array([1.0, 2.0]), GREEDY, "1-D integer numpy array"),
 ]
+
+
+def test_numpy_prompt_generates_as_the_same_list():
+    ids = [5, 17, 3, 42, 8]
+    ref = generate(engine(), [ids], GREEDY)[0]
+    out = generate(engine(), [np.array(ids, np.int32)], GREEDY)[0]
+    assert out.token_ids == ref.token_ids and out.prompt_token_ids == ids
 
 
 @pytest.mark.parametrize("prompt,sp,match", BAD)

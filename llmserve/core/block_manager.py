@@ -49,7 +49,7 @@ class BlockManager:
 
     @property
     def num_used_blocks(self) -> int:
-        return self.num_blocks - self.num_free_blocks
+        return self.num_blocks - len(self._free) - len(self._cached_free)
 
     @property
     def num_cached_free_blocks(self) -> int:
@@ -83,12 +83,16 @@ class BlockManager:
         bs = self.block_size
         have = len(req.block_ids) + len(hit_blocks)
         computed = req.num_computed_tokens + len(hit_blocks) * bs
-        tokens = max(computed + num_new_tokens, reserve_tokens)
-        need = max(0, -(-tokens // bs) - have)
+        tokens = computed + num_new_tokens
+        if reserve_tokens > tokens:
+            tokens = reserve_tokens
+        need = -(-tokens // bs) - have
+        if need < 0:
+            need = 0
         ref = self.ref_counts
         # Hit blocks that sit in the free list leave it when taken.
-        revived = sum(1 for b in hit_blocks if ref[b] == 0)
-        if need + reserve + revived > self.num_free_blocks:
+        revived = sum(1 for b in hit_blocks if ref[b] == 0) if hit_blocks else 0
+        if need + reserve + revived > len(self._free) + len(self._cached_free):
             return False
         self.num_lookup_tokens += lookup_tokens
         if hit_blocks:
@@ -114,6 +118,24 @@ class BlockManager:
             append(b)
         return True
 
+    def grow(self, req: Request, num_new_tokens: int) -> bool:
+        """allocate_slots(req, num_new_tokens) with no reserve and no cache hits (a running
+        request's next tokens), without its general case: the scheduler calls it for most
+        requests every block_size steps."""
+        blocks = req.block_ids
+        need = -(-(req.num_computed_tokens + num_new_tokens) // self.block_size) - len(blocks)
+        if need <= 0:
+            return True
+        free = self._free
+        if need > len(free) + len(self._cached_free):
+            return False
+        ref = self.ref_counts
+        for _ in range(need):
+            b = free.popleft() if free else self._evict()
+            ref[b] = 1
+            blocks.append(b)
+        return True
+
     def _evict(self) -> int:
         b, _ = self._cached_free.popitem(last=False)
         h = self._block_hash[b]
@@ -126,14 +148,16 @@ class BlockManager:
 
     def free(self, req: Request) -> None:
         ref = self.ref_counts
+        block_hash = self._block_hash
+        to_free = self._free.append
         # Reverse order: the tail blocks (least likely shared) go back first, so LRU evicts
         # them before the prefix blocks other prompts are likelier to hit.
         for b in reversed(req.block_ids):
             c = ref[b] - 1
             ref[b] = c
             if c == 0:
-                if self._block_hash[b] is None:
-                    self._free.append(b)
+                if block_hash[b] is None:
+                    to_free(b)
                 else:
                     self._cached_free[b] = None
             elif c > 0:

@@ -347,6 +347,8 @@ class Scheduler:
             nrun = len(running)
             i = 0
             new = ScheduledRequest
+            pick = picked.append
+            add = scheduled.append
             while i < nrun and budget > 0:
                 req = running[i]
                 start = req.num_computed_tokens
@@ -358,20 +360,21 @@ class Scheduler:
                         break
                     n = budget
                 end = start + n
-                if end > len(req.block_ids) * bs and not bm.allocate_slots(req, n):
+                blocks = req.block_ids
+                if end > len(blocks) * bs and not bm.grow(req, n):
                     while True:
                         victim = running.pop(self._victim_index(i))
                         self._preempt(victim, now)
                         preempted.append(victim.request_id)
-                        if victim is req or bm.allocate_slots(req, n):
+                        if victim is req or bm.grow(req, n):
                             break
                     nrun = len(running)
                     if victim is req:
                         continue
-                picked.append((req, n))
+                pick((req, n))
                 # block_ids is the request's own list, not a copy: see sched_output.py.
-                scheduled.append(new(req.request_id, toks[start:end], start, req.block_ids,
-                                     end == nt, nt - req.num_prompt_tokens, req.sampling_tuple))
+                add(new(req.request_id, toks[start:end], start, blocks, end == nt,
+                        nt - req.num_prompt_tokens, req.sampling_tuple))
                 total += n
                 budget -= n
                 i += 1

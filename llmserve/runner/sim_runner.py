@@ -22,10 +22,10 @@ class SimRunner:
         if not scheduled:
             return RunnerOutput({}, {}, 0.0)
         cm = self.cost_model
-        counts = cm.counts(sched_out)
+        sampled = {}
+        counts = cm.counts(sched_out, sampled, self.filler_token_id)
         t = cm.time_from_counts(counts)
         self.last_counts = counts
         self.num_steps += 1
         self.busy_s += t
-        tok = self.filler_token_id
-        return RunnerOutput({s.req_id: tok for s in scheduled if s.sample}, {}, t)
+        return RunnerOutput(sampled, {}, t)

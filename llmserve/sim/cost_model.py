@@ -92,8 +92,12 @@ class CostModel:
         return CostModel(self.model, self.hardware, efficiency, self.buckets, self.block_size)
 
     # ---- counting -------------------------------------------------------------------------------
-    def counts(self, sched_out) -> tuple[float, float, float, float, int]:
-        """(linear FLOPs, linear bytes, attention FLOPs, attention bytes, sequences)."""
+    def counts(self, sched_out, sampled: dict | None = None,
+               token: int = 0) -> tuple[float, float, float, float, int]:
+        """(linear FLOPs, linear bytes, attention FLOPs, attention bytes, sequences).
+
+        sampled: a dict that gets {req_id: token} for each sampling request, filled in the
+        same pass (the SimRunner's output; a second pass was a visible cost per step)."""
         tokens = pairs = ctx = 0
         samples = pad = 0
         one_row_tiles = long_tiles = 0
@@ -102,20 +106,27 @@ class CostModel:
             q = len(s.token_ids)
             c = s.start_pos + q
             p = s.num_padding_tokens
-            if q + p == 1:
+            if q == 1 and not p:        # a decode row, the common case: the branch below
                 one_row_tiles += 1
+                tokens += 1
+                pairs += c
             else:
-                long_tiles += -(-(q + p) // _TILE_Q)
-            if p:
-                tokens += q + p
-                pad += p
-                pairs += (q + p) * c - (q * (q - 1) >> 1)
-            else:
-                tokens += q
-                pairs += q * c - (q * (q - 1) >> 1)
+                if q + p == 1:
+                    one_row_tiles += 1
+                else:
+                    long_tiles += -(-(q + p) // _TILE_Q)
+                if p:
+                    tokens += q + p
+                    pad += p
+                    pairs += (q + p) * c - (q * (q - 1) >> 1)
+                else:
+                    tokens += q
+                    pairs += q * c - (q * (q - 1) >> 1)
             ctx += c
             if s.sample:
                 samples += 1
+                if sampled is not None:
+                    sampled[s.req_id] = token
         nseq = len(scheduled)
         extra = sched_out.num_padding_tokens - pad     # padding not attributed to a request
         if extra > 0 and nseq:

@@ -120,6 +120,7 @@ def replay(engine, workload: list[WorkloadRequest], *, rate_scale: float = 1.0,
     step_requests = engine.step_requests
     has_unfinished = sched.has_unfinished   # what engine.has_unfinished() returns
     finished = RequestStatus.PREEMPTED      # statuses above it are finished
+    st = sched.stats
     # A simulation allocates and keeps many long-lived objects (requests, token lists,
     # records) and creates no reference cycles worth collecting: the cyclic GC's passes over
     # them are pure overhead, so it is off while the virtual clock runs.
@@ -136,8 +137,8 @@ def replay(engine, workload: list[WorkloadRequest], *, rate_scale: float = 1.0,
             while i < n and due[i] <= now:
                 w = reqs[i]
                 ids = w.prompt_token_ids
-                if ids is None:
-                    ids = rng.integers(0, vocab, w.prompt_len).tolist()
+                if ids is None:     # handed over as an array: the engine checks it in numpy
+                    ids = rng.integers(0, vocab, w.prompt_len)
                 rid = str(i)
                 try:
                     engine.add_request(ids, SamplingParams(max_tokens=w.output_len,
@@ -155,10 +156,14 @@ def replay(engine, workload: list[WorkloadRequest], *, rate_scale: float = 1.0,
                 i += 1
             if has_unfinished():
                 before = len(step_rows)
-                for r in step_requests():
-                    if r.status > finished:
-                        records.add(r)
-                        del active[r.request_id]
+                ended = st.num_finished + st.num_aborted
+                changed = step_requests()
+                # Most steps finish nothing: look for the finished only when some did.
+                if st.num_finished + st.num_aborted != ended:
+                    for r in changed:
+                        if r.status > finished:
+                            records.add(r)
+                            del active[r.request_id]
                 if len(step_rows) != before:
                     if len(step_rows) % kv_sample_every == 0:
                         recorder.sample_kv()

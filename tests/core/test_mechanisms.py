@@ -109,6 +109,25 @@ def test_fully_cached_prompt_still_computes_its_last_token():
     bm.check_owners([a.block_ids, b.block_ids])
 
 
+def test_grow_allocates_the_blocks_worked_out_by_hand():
+    bm = BlockManager(4, 4, enable_prefix_caching=True)
+    a = make_req(0, list(range(6)), 4)
+    assert bm.grow(a, 5) and len(a.block_ids) == 2          # ceil(5 / 4)
+    a.num_computed_tokens = 5
+    assert bm.grow(a, 3) and len(a.block_ids) == 2          # 8 tokens still fit in 2
+    assert bm.grow(a, 4) and len(a.block_ids) == 3          # 9 tokens: a third block
+    b = make_req(1, list(range(8)), 4)
+    assert not bm.grow(b, 8)                                # 2 needed, 1 free: no change
+    assert b.block_ids == [] and bm.num_free_blocks == 1
+    assert bm.grow(b, 4) and bm.num_free_blocks == 0
+    bm.check_owners([a.block_ids, b.block_ids])
+    freed = b.block_ids[0]
+    bm.free(b)
+    c = make_req(2, list(range(4)), 4)
+    assert bm.grow(c, 4) and c.block_ids == [freed] and bm.ref_counts[freed] == 1
+    bm.check_owners([a.block_ids, c.block_ids])
+
+
 def test_hash_collision_is_caught_by_the_token_check():
     bm = BlockManager(16, 4, enable_prefix_caching=True)
     a = make_req(0, [1, 2, 3, 4, 5], 4)
