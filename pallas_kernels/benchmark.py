@@ -163,6 +163,17 @@ def copy_bandwidth(num_bytes: int = 2**31, dtype=jnp.float32) -> dict:
 # --------------------------------------------------------------------------- problems
 
 
+def _shuffled_tables(key, pages_needed, rows, max_pages, num_pages):
+    """Block tables [rows, max_pages] whose pages are a random permutation of the pool."""
+    perm = np.asarray(jax.random.permutation(key, num_pages))
+    bt = np.zeros((rows, max_pages), np.int32)
+    off = 0
+    for i, n in enumerate(pages_needed):
+        bt[i, :n] = perm[off:off + n]
+        off += n
+    return bt
+
+
 def decode_inputs(seed, batch, ctx, model, page_size=PAGE_SIZE, dtype=jnp.bfloat16,
                   lens=None):
     """Device arrays for decode at `ctx` tokens per sequence (or `lens`), pages shuffled."""
@@ -176,12 +187,7 @@ def decode_inputs(seed, batch, ctx, model, page_size=PAGE_SIZE, dtype=jnp.bfloat
     q = jax.random.normal(k1, (batch, hq, d), dtype)
     kp = jax.random.normal(k2, (hkv, num_pages, page_size, d), dtype)
     vp = jax.random.normal(k3, (hkv, num_pages, page_size, d), dtype)
-    perm = np.asarray(jax.random.permutation(k4, num_pages))
-    bt = np.zeros((batch, max_pages), np.int32)
-    off = 0
-    for i, n in enumerate(pages_needed):
-        bt[i, :n] = perm[off:off + n]
-        off += n
+    bt = _shuffled_tables(k4, pages_needed, batch, max_pages, num_pages)
     return q, kp, vp, jnp.asarray(bt), jnp.asarray(lens)
 
 
@@ -198,12 +204,7 @@ def ragged_inputs(seed, q_lens, ctx_lens, model, *, num_tokens, num_slots,
     q = jax.random.normal(k1, (num_tokens, hq, d), dtype)
     kp = jax.random.normal(k2, (hkv, num_pages, page_size, d), dtype)
     vp = jax.random.normal(k3, (hkv, num_pages, page_size, d), dtype)
-    perm = np.asarray(jax.random.permutation(k4, num_pages))
-    bt = np.zeros((num_slots, max_pages), np.int32)
-    off = 0
-    for i, p in enumerate(pages_needed):
-        bt[i, :p] = perm[off:off + p]
-        off += p
+    bt = _shuffled_tables(k4, pages_needed, num_slots, max_pages, num_pages)
     qsl = np.full((num_slots + 1,), used, np.int32)
     qsl[0] = 0
     qsl[1:n + 1] = np.cumsum(q_lens)

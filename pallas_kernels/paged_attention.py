@@ -81,6 +81,34 @@ def choose_num_splits(batch: int, num_kv_heads: int, max_context: int, block_kv:
     return int(max(1, min(want, by_length, max_tiles)))
 
 
+def online_softmax_update(s, v, carry, precision):
+    """One KV tile of flash attention in the exp2 domain, shared by both kernels.
+
+    s [rows, block_kv] scaled (by sm_scale * log2 e) and masked scores; v [block_kv, D];
+    carry (acc [rows, D] f32, running max [rows], running sum [rows]).
+    """
+    acc, m_prev, l_prev = carry
+    m_new = jnp.maximum(m_prev, jnp.max(s, axis=1))
+    alpha = jnp.exp2(m_prev - m_new)
+    p = jnp.exp2(s - m_new[:, None])
+    l_new = alpha * l_prev + jnp.sum(p, axis=1)
+    pv = lax.dot_general(p.astype(v.dtype), v, (((1,), (0,)), ((), ())),
+                         precision=precision, preferred_element_type=jnp.float32)
+    return alpha[:, None] * acc + pv, m_new, l_new
+
+
+def masked_softmax(s, mask):
+    """Softmax over the last axis of float32 scores where mask holds; all-masked rows -> 0.
+
+    Shared by the plain-jnp references (never NaN for zero-length sequences).
+    """
+    s = jnp.where(mask, s, -jnp.inf)
+    m = jnp.max(s, axis=-1, keepdims=True)
+    p = jnp.exp(s - jnp.where(jnp.isfinite(m), m, 0.0))
+    denom = jnp.sum(p, axis=-1, keepdims=True)
+    return p / jnp.where(denom > 0, denom, 1.0)
+
+
 # ----------------------------------------------------------------------------- kernel
 
 
@@ -115,7 +143,6 @@ def _decode_kernel(bt_ref, lens_ref, q_ref, k_ref, v_ref, *out_refs, group, page
     q = _compat.load(q_ref.at[head_rows], mask=row_ok[:, None], other=0.0)
 
     def body(t, carry):
-        acc, m_prev, l_prev = carry
         idx = t * pages_per_tile + lax.broadcasted_iota(jnp.int32, (pages_per_tile,), 0)
         page_ids = _compat.load(bt_ref.at[pl.ds(t * pages_per_tile, pages_per_tile)],
                                 mask=idx < max_pages, other=0)
@@ -126,13 +153,7 @@ def _decode_kernel(bt_ref, lens_ref, q_ref, k_ref, v_ref, *out_refs, group, page
                             preferred_element_type=jnp.float32) * scale_log2
         kpos = t * block_kv + lax.broadcasted_iota(jnp.int32, (rows, block_kv), 1)
         s = jnp.where(kpos < length, s, MASK_VALUE)
-        m_new = jnp.maximum(m_prev, jnp.max(s, axis=1))
-        alpha = jnp.exp2(m_prev - m_new)
-        p = jnp.exp2(s - m_new[:, None])
-        l_new = alpha * l_prev + jnp.sum(p, axis=1)
-        pv = lax.dot_general(p.astype(v.dtype), v, (((1,), (0,)), ((), ())),
-                             precision=precision, preferred_element_type=jnp.float32)
-        return alpha[:, None] * acc + pv, m_new, l_new
+        return online_softmax_update(s, v, carry, precision)
 
     init = (jnp.zeros((rows, head_dim), jnp.float32),
             jnp.full((rows,), MASK_VALUE, jnp.float32),
@@ -334,10 +355,6 @@ def paged_decode_attention_reference(q, k_pages, v_pages, block_tables, seq_lens
     qg = q.reshape(batch, num_kv_heads, group, head_dim).astype(jnp.float32)
     s = jnp.einsum("bkgd,kbld->bkgl", qg, k.astype(jnp.float32)) * sm_scale
     mask = jnp.arange(ctx)[None, :] < seq_lens[:, None]
-    s = jnp.where(mask[:, None, None, :], s, -jnp.inf)
-    m = jnp.max(s, axis=-1, keepdims=True)
-    p = jnp.exp(s - jnp.where(jnp.isfinite(m), m, 0.0))
-    denom = jnp.sum(p, axis=-1, keepdims=True)
+    p = masked_softmax(s, mask[:, None, None, :])
     o = jnp.einsum("bkgl,kbld->bkgd", p, v.astype(jnp.float32))
-    o = jnp.where(denom > 0, o / jnp.where(denom > 0, denom, 1.0), 0.0)
     return o.reshape(batch, num_heads, head_dim).astype(q.dtype)

@@ -37,6 +37,8 @@ from pallas_kernels.paged_attention import (
     _check_int_vector,
     _next_pow2,
     check_kv_pages,
+    masked_softmax,
+    online_softmax_update,
 )
 
 DEFAULT_BLOCK_Q_ROWS = 64   # rows (query tokens x padded group) of a prefill tile
@@ -84,7 +86,6 @@ def _ragged_kernel(meta_ref, bt_ref, q_ref, k_ref, v_ref, o_in_ref, o_ref, *, bl
     row_pos = pos0 + lax.broadcasted_iota(jnp.int32, (rows, block_kv), 0) // group_rows
 
     def step(t, carry, masked):
-        acc, m_prev, l_prev = carry
         idx = t * pages_per_tile + lax.broadcasted_iota(jnp.int32, (pages_per_tile,), 0)
         page_ids = _compat.load(bt_ref.at[seq, pl.ds(t * pages_per_tile, pages_per_tile)],
                                 mask=idx < max_pages, other=0)
@@ -96,13 +97,7 @@ def _ragged_kernel(meta_ref, bt_ref, q_ref, k_ref, v_ref, o_in_ref, o_ref, *, bl
         if masked:
             kpos = t * block_kv + lax.broadcasted_iota(jnp.int32, (rows, block_kv), 1)
             s = jnp.where(kpos <= row_pos, s, MASK_VALUE)
-        m_new = jnp.maximum(m_prev, jnp.max(s, axis=1))
-        alpha = jnp.exp2(m_prev - m_new)
-        p = jnp.exp2(s - m_new[:, None])
-        l_new = alpha * l_prev + jnp.sum(p, axis=1)
-        pv = lax.dot_general(p.astype(v.dtype), v, (((1,), (0,)), ((), ())),
-                             precision=precision, preferred_element_type=jnp.float32)
-        return alpha[:, None] * acc + pv, m_new, l_new
+        return online_softmax_update(s, v, carry, precision)
 
     carry = (jnp.zeros((rows, head_dim), jnp.float32),
              jnp.full((rows,), MASK_VALUE, jnp.float32),
@@ -307,12 +302,8 @@ def ragged_paged_attention_reference(q, k_pages, v_pages, block_tables, seq_lens
     qg = q.reshape(num_tokens, num_kv_heads, group, head_dim)
     s = jnp.einsum("tkgd,ktld->tkgl", qg.astype(jnp.float32), k.astype(jnp.float32)) * sm_scale
     mask = (jnp.arange(ctx)[None, :] <= pos[:, None]) & valid[:, None]   # [T, L]
-    s = jnp.where(mask[:, None, None, :], s, -jnp.inf)
-    m = jnp.max(s, axis=-1, keepdims=True)
-    p = jnp.exp(s - jnp.where(jnp.isfinite(m), m, 0.0))
-    denom = jnp.sum(p, axis=-1, keepdims=True)
+    p = masked_softmax(s, mask[:, None, None, :])
     o = jnp.einsum("tkgl,ktld->tkgd", p, v.astype(jnp.float32))
-    o = jnp.where(denom > 0, o / jnp.where(denom > 0, denom, 1.0), 0.0)
     return o.reshape(num_tokens, num_heads, head_dim).astype(q.dtype)
 
 
@@ -364,11 +355,7 @@ def ragged_paged_attention_tiled(q, k_pages, v_pages, block_tables, seq_lens, qu
             qpos = pos0[:, None] + r[None, :]
             mask = (jnp.arange(ctx)[None, None, :] <= qpos[:, :, None]) & row_ok[:, :, None]
             mask = jnp.repeat(mask, group, axis=1)                            # [C, bq*G, L]
-            s = jnp.where(mask[None], s, -jnp.inf)
-            m = jnp.max(s, axis=-1, keepdims=True)
-            p = jnp.exp(s - jnp.where(jnp.isfinite(m), m, 0.0))
-            denom = jnp.sum(p, axis=-1, keepdims=True)
-            o = jnp.einsum("knrl,knld->knrd", p / jnp.where(denom > 0, denom, 1.0), v)
+            o = jnp.einsum("knrl,knld->knrd", masked_softmax(s, mask[None]), v)
             o = o.reshape(num_kv_heads, chunk, bq, group, head_dim).transpose(1, 2, 0, 3, 4)
             return out.at[rows].set(o.reshape(chunk, bq, num_heads, head_dim), mode="drop")
 

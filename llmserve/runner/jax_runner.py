@@ -59,6 +59,18 @@ class JaxRunner:
         self.stats = RunnerStats()
 
     # ---- host side -------------------------------------------------------------------------
+    def _empty_batch(self, T: int, S: int, B: int, n_tok: int) -> dict:
+        """Host arrays of one bucket shape, all rows padding: tokens write to the pad slot
+        (dropped), sequences are empty ranges at n_tok with length 0, greedy sampling."""
+        return dict(
+            token_ids=np.zeros(T, np.int32), positions=np.zeros(T, np.int32),
+            slot_mapping=np.full(T, self.num_kv_blocks * self.block_size, np.int32),
+            query_start_loc=np.full(S + 1, n_tok, np.int32), seq_lens=np.zeros(S, np.int32),
+            block_tables=np.zeros((S, B), np.int32), num_seqs=np.int32(0),
+            logits_indices=np.zeros(S, np.int32), temperature=np.zeros(S, np.float32),
+            top_k=np.zeros(S, np.int32), top_p=np.ones(S, np.float32),
+            seeds=np.zeros(S, np.uint32), token_index=np.zeros(S, np.int32))
+
     def prepare(self, sched_out: SchedulerOutput) -> tuple[dict, tuple]:
         reqs = sched_out.scheduled
         # Static batching's padding rows are computed too (see core/sched_output.py).
@@ -70,19 +82,14 @@ class JaxRunner:
                              self.max_blocks_per_seq)
         T, S, B = self.buckets.pick(n_tok, len(reqs), max_blocks)
         bs = self.block_size
-        pad_slot = self.num_kv_blocks * bs
-        token_ids = np.zeros(T, np.int32)
-        positions = np.zeros(T, np.int32)
-        slots = np.full(T, pad_slot, np.int32)
-        qsl = np.full(S + 1, n_tok, np.int32)
-        seq_lens = np.zeros(S, np.int32)
-        tables = np.zeros((S, B), np.int32)
-        logits_idx = np.zeros(S, np.int32)
-        temperature = np.zeros(S, np.float32)
-        top_k = np.zeros(S, np.int32)
-        top_p = np.ones(S, np.float32)
-        seeds = np.zeros(S, np.uint32)
-        token_index = np.zeros(S, np.int32)
+        batch = self._empty_batch(T, S, B, n_tok)
+        batch["num_seqs"] = np.int32(len(reqs))
+        token_ids, positions, slots = (batch[k] for k in
+                                       ("token_ids", "positions", "slot_mapping"))
+        qsl, seq_lens, tables, logits_idx = (batch[k] for k in (
+            "query_start_loc", "seq_lens", "block_tables", "logits_indices"))
+        temperature, top_k, top_p, seeds, token_index = (batch[k] for k in (
+            "temperature", "top_k", "top_p", "seeds", "token_index"))
         off = 0
         for i, r in enumerate(reqs):
             n = len(r.token_ids)
@@ -108,11 +115,6 @@ class JaxRunner:
                 seq_lens[i] += npad
                 end += npad
             off = end
-        batch = dict(token_ids=token_ids, positions=positions, slot_mapping=slots,
-                     query_start_loc=qsl, seq_lens=seq_lens, block_tables=tables,
-                     num_seqs=np.int32(len(reqs)), logits_indices=logits_idx,
-                     temperature=temperature, top_k=top_k, top_p=top_p,
-                     seeds=seeds, token_index=token_index)
         # One query row per sequence, row i = sequence i: the decode kernel can take it.
         decode_only = (T == S and n_tok == len(reqs))
         return batch, (T, S, B, decode_only)
@@ -148,14 +150,7 @@ class JaxRunner:
         """Compile every bucket shape (or the given ones) ahead of serving. Returns the count."""
         shapes = shapes or self.buckets.all_shapes()
         for T, S, B, decode_only in shapes:
-            batch = dict(token_ids=np.zeros(T, np.int32), positions=np.zeros(T, np.int32),
-                         slot_mapping=np.full(T, self.num_kv_blocks * self.block_size, np.int32),
-                         query_start_loc=np.zeros(S + 1, np.int32),
-                         seq_lens=np.zeros(S, np.int32), block_tables=np.zeros((S, B), np.int32),
-                         num_seqs=np.int32(0), logits_indices=np.zeros(S, np.int32),
-                         temperature=np.zeros(S, np.float32), top_k=np.zeros(S, np.int32),
-                         top_p=np.ones(S, np.float32), seeds=np.zeros(S, np.uint32),
-                         token_index=np.zeros(S, np.int32))
+            batch = self._empty_batch(T, S, B, 0)
             out = _step(self.params, self.kv_cache, batch, cfg=self.cfg,
                         attention_impl=self.attention_impl, decode_only=decode_only)
             self.kv_cache = out[2]
