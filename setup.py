@@ -22,6 +22,15 @@ setup(
     ],
     extras_require={
         "cuda12": ["jax[cuda12]>=0.11,<0.13"],
-        "dev": ["pytest", "hypothesis", "ruff"],
+        # OpenAI-compatible HTTP server (llmserve.server, scripts/serve.py).
+        "serve": ["fastapi", "uvicorn", "prometheus_client", "httpx"],
+        # Real replicas as Ray actors (llmserve.cluster.ray_backend).
+        "cluster": ["ray"],
+        "dev": [
+            "pytest", "hypothesis", "ruff",
+            "fastapi", "uvicorn", "prometheus_client", "httpx", "openai",
+            "ray",
+            "nbclient", "nbformat", "ipykernel",
+        ],
     },
 )
