@@ -22,6 +22,12 @@ PROFILES = {
     "h100-80gb": HardwareProfile("h100-80gb", 989e12, 3.35e12, 80e9),
     # NVIDIA H200 SXM 141GB: same compute as H100, 4.8 TB/s HBM3e.
     "h200": HardwareProfile("h200", 989e12, 4.8e12, 141e9),
+    # NVIDIA Jetson AGX Orin 64GB module (an edge device): Ampere GPU, 42.5 TFLOP/s dense FP16
+    # tensor (the GPU's 170 sparse INT8 TOPS halved for dense, halved again for FP16; Jetson
+    # AGX Orin Series Technical Brief), 204.8 GB/s 256-bit LPDDR5 shared with the CPU, 64 GB
+    # (module data sheet; up to 60 W module power in MAXN). Memory is shared: size its KV pool
+    # with a lower memory_utilization.
+    "jetson-agx-orin-64gb": HardwareProfile("jetson-agx-orin-64gb", 42.5e12, 204.8e9, 64e9),
 }
 
 
