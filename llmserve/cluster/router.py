@@ -99,6 +99,8 @@ def _alive_positions(view: LoadView) -> np.ndarray:
 
 class RouterPolicy:
     name = ""
+    # Replica states one decision reads (None: all of them); the decision-cost model uses it.
+    replicas_read: int | None = None
 
     def __init__(self, seed: int = 0):
         self.rng = np.random.default_rng(seed)
@@ -121,6 +123,7 @@ class RouterPolicy:
 class RoundRobin(RouterPolicy):
     """Replicas in turn by position; a dead one is skipped."""
     name = "round_robin"
+    replicas_read = 1
 
     def __init__(self, seed: int = 0):
         super().__init__(seed)
@@ -139,6 +142,7 @@ class RoundRobin(RouterPolicy):
 
 class Random(RouterPolicy):
     name = "random"
+    replicas_read = 1
 
     def pick(self, req, view):
         pos = _alive_positions(view)
@@ -165,6 +169,7 @@ class PowerOfTwo(RouterPolicy):
     """Two distinct alive replicas drawn at random, the one with fewer outstanding tokens
     (ties: the first drawn). O(1) state per decision, and robust to stale views (Mitzenmacher)."""
     name = "power_of_two"
+    replicas_read = 2
 
     def pick(self, req, view):
         alive = _alive_positions(view)
