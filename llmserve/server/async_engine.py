@@ -110,15 +110,19 @@ class TextTracker:
         text = self.tokenizer.decode(token_ids)
         if not finished:
             text = text.rstrip("\ufffd")
-        self.text = text
         if not self.stop:
+            self.text = text
             return False
-        start = max(0, self.checked - max(map(len, self.stop)) + 1)
+        longest = max(map(len, self.stop))
+        start = max(0, self.checked - longest + 1)
         hits = [i for i in (text.find(s, start) for s in self.stop) if i >= 0]
         self.checked = len(text)
         if hits:
             self.text = text[:min(hits)]
             return True
+        # Hold back what may be the start of a stop string, so streamed text is never
+        # taken back.
+        self.text = text if finished else text[:max(0, len(text) - longest + 1)]
         return False
 
 

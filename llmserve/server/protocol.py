@@ -1,0 +1,174 @@
+"""Request models (pydantic, strict: a wrong type is an error, not a coercion; an unknown field
+is an error, not ignored) and the response/chunk builders of the OpenAI API."""
+from __future__ import annotations
+
+import time
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from llmserve.server.errors import APIError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class StreamOptions(_Strict):
+    include_usage: bool = False
+
+
+class _Sampling(_Strict):
+    """Fields shared by both endpoints. OpenAI fields we cannot honour are declared so that a
+    non-default value gets a precise 400 (see `unsupported`)."""
+    model: str
+    max_tokens: int | None = None
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = -1                  # extension (vLLM's), -1 disables
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    stop_token_ids: list[int] | None = None   # extension
+    ignore_eos: bool = False                  # extension
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    n: int = 1
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: dict[str, float] | None = None
+    user: str | None = None          # an opaque end-user id: accepted, not used
+
+    def unsupported(self) -> APIError | None:
+        if self.n != 1:
+            return APIError(400, f"n={self.n} is not supported: only n=1", "n", "unsupported")
+        for f in ("presence_penalty", "frequency_penalty"):
+            if getattr(self, f) != 0:
+                return APIError(400, f"{f} is not supported (must be 0)", f, "unsupported")
+        if self.logit_bias:
+            return APIError(400, "logit_bias is not supported", "logit_bias", "unsupported")
+        if self.stream_options is not None and not self.stream:
+            return APIError(400, "stream_options is only allowed with stream=true",
+                            "stream_options", "invalid_value")
+        return None
+
+
+class CompletionRequest(_Sampling):
+    prompt: str | list[int] | list[str] | list[list[int]]
+    logprobs: int | None = None
+    best_of: int | None = None
+    echo: bool = False
+    suffix: str | None = None
+
+    def unsupported(self) -> APIError | None:
+        err = super().unsupported()
+        if err:
+            return err
+        if self.best_of not in (None, 1):
+            return APIError(400, f"best_of={self.best_of} is not supported: only 1",
+                            "best_of", "unsupported")
+        if self.echo:
+            return APIError(400, "echo is not supported", "echo", "unsupported")
+        if self.suffix is not None:
+            return APIError(400, "suffix is not supported", "suffix", "unsupported")
+        if self.logprobs is not None and self.logprobs != 0:
+            return APIError(400, f"logprobs={self.logprobs} is not supported: only 0 (the "
+                            "chosen tokens' log-probabilities; alternatives are not computed)",
+                            "logprobs", "unsupported")
+        return None
+
+    def single_prompt(self) -> str | list[int]:
+        p = self.prompt
+        if isinstance(p, list) and p and isinstance(p[0], (str, list)):
+            if len(p) != 1:
+                raise APIError(400, f"a batch of {len(p)} prompts is not supported: send one "
+                               "prompt per request", "prompt", "unsupported")
+            p = p[0]
+        return p
+
+
+class TextPart(_Strict):
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(_Strict):
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[TextPart] | None = None
+    name: str | None = None
+
+    def text(self) -> str:
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(p.text for p in self.content)
+
+
+class ChatCompletionRequest(_Sampling):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = None
+    logprobs: bool = False
+    top_logprobs: int | None = None
+
+    def unsupported(self) -> APIError | None:
+        err = super().unsupported()
+        if err:
+            return err
+        if self.top_logprobs not in (None, 0):
+            return APIError(400, f"top_logprobs={self.top_logprobs} is not supported: only 0",
+                            "top_logprobs", "unsupported")
+        if self.max_tokens is not None and self.max_completion_tokens is not None:
+            return APIError(400, "give max_tokens or max_completion_tokens, not both",
+                            "max_completion_tokens", "invalid_value")
+        return None
+
+
+def parse(model_cls, body) -> _Sampling:
+    """Validate a decoded JSON body; the first error becomes a 400 naming its parameter."""
+    if not isinstance(body, dict):
+        raise APIError(400, f"the request body must be a JSON object, got "
+                       f"{type(body).__name__}", None, "invalid_json")
+    try:
+        req = model_cls.model_validate(body)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = err.get("loc") or ()
+        param = str(loc[0]) if loc else None
+        if err["type"] == "extra_forbidden":
+            raise APIError(400, f"unsupported parameter {param!r}", param,
+                           "unsupported_parameter") from None
+        where = ".".join(str(x) for x in loc)
+        raise APIError(400, f"invalid {where}: {err['msg']}", param, "invalid_type") from None
+    bad = req.unsupported()
+    if bad is not None:
+        raise bad
+    return req
+
+
+# ---- responses ----------------------------------------------------------------------------
+def usage(num_prompt: int, num_output: int) -> dict:
+    return {"prompt_tokens": num_prompt, "completion_tokens": num_output,
+            "total_tokens": num_prompt + num_output}
+
+
+def completion_logprobs(tokenizer, token_ids, logprobs, text_offset: int) -> dict:
+    toks = [tokenizer.decode([t]) for t in token_ids]
+    offsets = []
+    for t in toks:
+        offsets.append(text_offset)
+        text_offset += len(t)
+    return {"tokens": toks, "token_logprobs": list(logprobs), "top_logprobs": None,
+            "text_offset": offsets}
+
+
+def chat_logprobs(tokenizer, token_ids, logprobs) -> dict:
+    out = []
+    for t, lp in zip(token_ids, logprobs):
+        s = tokenizer.decode([t])
+        out.append({"token": s, "logprob": lp, "bytes": list(s.encode("utf-8")),
+                    "top_logprobs": []})
+    return {"content": out}
+
+
+def now() -> int:
+    return int(time.time())

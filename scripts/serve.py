@@ -1,0 +1,25 @@
+"""OpenAI-compatible HTTP server (FastAPI + uvicorn) over one engine.
+
+  python scripts/serve.py --config=configs/serve.py --config.port=8000
+  curl http://127.0.0.1:8000/v1/completions -H 'Content-Type: application/json' \
+    -d '{"model": "tiny", "prompt": "Hello", "max_tokens": 16}'
+"""
+import logging as std_logging
+
+from absl import app, logging
+from ml_collections import config_flags
+
+from llmserve.server.launch import serve
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/serve.py", "server config")
+
+
+def main(argv):
+    del argv
+    logging.set_verbosity(logging.INFO)
+    std_logging.getLogger("llmserve.server").setLevel(std_logging.INFO)
+    serve(_CONFIG.value)
+
+
+if __name__ == "__main__":
+    app.run(main)
