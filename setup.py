@@ -23,12 +23,12 @@ setup(
     extras_require={
         "cuda12": ["jax[cuda12]>=0.11,<0.13"],
         # OpenAI-compatible HTTP server (llmserve.server, scripts/serve.py).
-        "serve": ["fastapi", "uvicorn", "prometheus_client", "httpx"],
+        "serve": ["fastapi", "uvicorn", "prometheus_client", "httpx", "jinja2"],
         # Real replicas as Ray actors (llmserve.cluster.ray_backend).
         "cluster": ["ray"],
         "dev": [
             "pytest", "hypothesis", "ruff",
-            "fastapi", "uvicorn", "prometheus_client", "httpx", "openai",
+            "fastapi", "uvicorn", "prometheus_client", "httpx", "jinja2", "openai",
             "ray",
             "nbclient", "nbformat", "ipykernel",
         ],
