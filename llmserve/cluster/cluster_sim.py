@@ -177,7 +177,7 @@ class Replica:
 
 @dataclasses.dataclass
 class ClusterResult:
-    requests: dict              # arrays per finished request (+ 'replica')
+    requests: dict              # arrays per finished request (+ 'replica', 'request' index)
     samples: dict               # 't', 'outstanding' [T, N], 'requests' [T, N], 'alive' [T, N]
     replicas: list              # per-replica dicts
     routers: list               # per-router dicts
@@ -375,7 +375,7 @@ class ClusterSim:
         def finished(rep: Replica, q: Request) -> None:
             rows.append((q.arrival_time, q.first_scheduled_time, q.first_token_time,
                          q.finish_time, q.num_prompt_tokens, q.num_output_tokens,
-                         q.num_preemptions, q.num_cached_tokens, rep.id))
+                         q.num_preemptions, q.num_cached_tokens, rep.id, int(q.request_id)))
             rep.num_finished += 1
             rep.live_tokens -= q.num_prompt_tokens + cap_of(q.num_prompt_tokens,
                                                             q.sampling_params.max_tokens)
@@ -526,7 +526,7 @@ class ClusterSim:
     def _result(self, reqs, n, num_cut, rows, sample_t, sample_out, sample_req, sample_alive,
                 counters, aborted, end, wall, route_ns, runner_ns) -> ClusterResult:
         fields = ("arrival", "first_scheduled", "first_token", "finish", "prompt_len",
-                  "output_len", "preemptions", "cached_tokens", "replica")
+                  "output_len", "preemptions", "cached_tokens", "replica", "request")
         if rows:
             table = np.array([[np.nan if v is None else v for v in r] for r in rows],
                              np.float64)
