@@ -118,3 +118,50 @@ def synthetic_workload(num_requests: int, rate: float, *, arrival: str = "poisso
             r.prompt_token_ids = ids
             r.prompt_len = len(ids)
     return reqs
+
+
+def shared_prefix_workload(num_requests: int, rate: float, *, num_prefixes: int = 20,
+                           prefix_len: int = 1024, question_len: tuple[int, int] = (16, 128),
+                           popularity_zipf: float = 0.0, seed: int = 0, vocab_size: int = 32000,
+                           max_model_len: int | None = None) -> list[WorkloadRequest]:
+    """num_prefixes long system prompts x many short questions (Poisson arrivals): each prompt
+    is one system prompt + a fresh question (uniform length in question_len); outputs follow
+    the Azure conversation trace's log-normal. Prompt k is chosen with probability
+    ~ 1 / (k + 1)^popularity_zipf (0: uniform), as a few assistants usually dominate traffic."""
+    if num_requests < 1 or num_prefixes < 1 or prefix_len < 1:
+        raise ValueError(f"workload: num_requests, num_prefixes and prefix_len must be >= 1, "
+                         f"got {num_requests}, {num_prefixes}, {prefix_len}")
+    lo, hi = question_len
+    if not 1 <= lo <= hi:
+        raise ValueError(f"workload.question_len must be a range 1 <= lo <= hi, got {lo, hi}")
+    if popularity_zipf < 0:
+        raise ValueError(f"workload.popularity_zipf must be >= 0, got {popularity_zipf}")
+    rng = np.random.default_rng(seed)
+    t = poisson_arrivals(num_requests, rate, rng)
+    prefixes = rng.integers(0, vocab_size, (num_prefixes, prefix_len))
+    w = 1.0 / np.arange(1, num_prefixes + 1) ** popularity_zipf
+    which = rng.choice(num_prefixes, num_requests, p=w / w.sum())
+    qlen = rng.integers(lo, hi + 1, num_requests)
+    out = lognormal_lengths(num_requests, rng, *AZURE_CONV_LOG_OUTPUT, *AZURE_CONV_OUTPUT_RANGE)
+    reqs = []
+    for a, k, q, o in zip(t, which, qlen, out):
+        ids = prefixes[k].tolist() + rng.integers(0, vocab_size, q).tolist()
+        o = int(o)
+        if max_model_len is not None:
+            o = min(o, max_model_len // 2)
+            ids = ids[:max_model_len - o]
+        reqs.append(WorkloadRequest(float(a), len(ids), o, ids))
+    return reqs
+
+
+def resampled_workload(source: list[WorkloadRequest], num_requests: int, rate: float, *,
+                       seed: int = 0) -> list[WorkloadRequest]:
+    """A source's (prompt, output) length pairs drawn with replacement, Poisson arrivals at
+    `rate`: a trace's length distribution at any rate and size (token ids left to the replay)."""
+    if not source:
+        raise ValueError("resampled_workload: the source workload is empty")
+    rng = np.random.default_rng(seed)
+    t = poisson_arrivals(num_requests, rate, rng)
+    pick = rng.integers(0, len(source), num_requests)
+    return [WorkloadRequest(float(a), source[j].prompt_len, source[j].output_len)
+            for a, j in zip(t, pick)]
