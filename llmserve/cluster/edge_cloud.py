@@ -328,6 +328,7 @@ class Outcome:
     marginal_j: float
     reward: float
     finish_s: float     # last token at the client
+    decided_s: float    # when the strategy chose the side
 
 
 # ---- the simulation -----------------------------------------------------------------------------
@@ -396,7 +397,7 @@ class EdgeCloudSim:
         met = ttft <= self.cfg.slo_ttft_s and not tpot > self.cfg.slo_tpot_s
         mj = dev.meter.marginal_j(req.request_id)
         return Outcome(side, ctx, ttft, tpot, req.finish_time + down - w.arrival_s, met, mj,
-                       reward(self.cfg, met, mj), req.finish_time + down)
+                       reward(self.cfg, met, mj), req.finish_time + down, decided)
 
     # ---- the oracle's look-ahead ----------------------------------------------------------------
     def _lookahead(self, i: int, side: int, now: float, transit: list) -> Outcome:
@@ -440,19 +441,18 @@ class EdgeCloudSim:
         transit: list[tuple[float, Device, Request]] = []
         owner: dict[str, tuple[int, int, Device, float]] = {}
         outcomes: dict[int, Outcome] = {}
-        decisions = []
         reported: set[str] = set()
         while heap:
             now, _, kind, payload = heapq.heappop(heap)
             if kind == "arrive":
                 batch.append(payload)
                 if cfg.batch_window_s <= 0:
-                    self._decide(batch, now, push, transit, owner, decisions)
+                    self._decide(batch, now, push, transit, owner)
                     batch = []
                 elif len(batch) == 1:
                     push(now + cfg.batch_window_s, "decide", None)
             elif kind == "decide":
-                self._decide(batch, now, push, transit, owner, decisions)
+                self._decide(batch, now, push, transit, owner)
                 batch = []
             elif kind == "deliver":
                 dev, req = payload
@@ -486,7 +486,7 @@ class EdgeCloudSim:
             raise RuntimeError(f"{len(self.workload) - len(outcomes)} requests never finished")
         return self._result(outcomes, time.perf_counter() - wall0)
 
-    def _decide(self, batch, now, push, transit, owner, decisions) -> None:
+    def _decide(self, batch, now, push, transit, owner) -> None:
         cfg = self.cfg
         edge_load = sum(d.outstanding for d in self.edge)
         ctxs = [context_of(cfg, self.context, self.workload[i].prompt_len, edge_load)
@@ -509,7 +509,6 @@ class EdgeCloudSim:
             dev.in_transit += 1
             transit.append((t, dev, req))
             owner[req.request_id] = (i, ctx, dev, now)
-            decisions.append((i, side))
             push(t, "deliver", (dev, req))
             if self.bandit is not None:
                 push(self.workload[i].arrival_s + cfg.slo_ttft_s, "deadline",
@@ -520,7 +519,7 @@ class EdgeCloudSim:
         oc = [outcomes[i] for i in range(n)]
         arr = {f: np.array([getattr(o, f) for o in oc], float)
                for f in ("side", "context", "ttft_s", "tpot_s", "e2e_s", "met", "marginal_j",
-                         "reward", "finish_s")}
+                         "reward", "finish_s", "decided_s")}
         return {"strategy": self.strategy, "context": self.context, "num_requests": n,
                 "requests": arr, "makespan_s": float(arr["finish_s"].max()),
                 "devices": [{"name": d.name, "side": SIDES[d.side], "busy_s": d.meter.busy_s,
