@@ -15,6 +15,8 @@ def get_config():
     c.max_model_len = 2048              # prompt + output tokens per request
     c.policy = "chunked"                # static | continuous | chunked | predictive
     c.attention_impl = "reference"      # reference | pallas | pallas_interpret
+    c.tensor_parallel_size = 1          # devices per replica (tp mesh axis); must divide the
+                                        # model's num_heads, num_kv_heads, intermediate_size
     c.seed = 0                          # dummy weights and default sampling seeds
     c.warmup = False                    # compile every padding bucket before serving
     c.trace_log = ""                    # append a JSONL record per finished request (the

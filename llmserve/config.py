@@ -34,6 +34,7 @@ class EngineConfig:
     max_model_len: int = 2048           # prompt + output tokens per request
     policy: str = "chunked"             # scheduling preset
     attention_impl: str = "reference"   # reference (plain jnp) | pallas | pallas_interpret
+    tensor_parallel_size: int = 1       # devices one replica's heads/MLP columns are split over
     seed: int = 0                       # dummy weights and default per-request sampling seeds
     warmup: bool = False                # compile every bucket shape at start
     trace_log: str = ""                 # JSONL file: one record per finished request
@@ -68,7 +69,7 @@ class EngineConfig:
                 raise ValueError(f"config field {name!r} must be one of {allowed}, "
                                  f"got {getattr(self, name)!r}")
         for name in ("max_num_seqs", "max_num_batched_tokens", "max_model_len",
-                     "kv_cache_memory_bytes"):
+                     "kv_cache_memory_bytes", "tensor_parallel_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"config field {name!r} must be >= 1, got {getattr(self, name)}")
         if self.num_kv_blocks < 0:

@@ -64,7 +64,8 @@ class LLMEngine:
                                max_num_seqs=config.max_num_seqs,
                                max_num_batched_tokens=config.max_num_batched_tokens,
                                max_model_len=config.max_model_len,
-                               attention_impl=config.attention_impl)
+                               attention_impl=config.attention_impl,
+                               tensor_parallel_size=config.tensor_parallel_size)
             if config.warmup:
                 runner.warmup()
         self.runner = runner
@@ -79,7 +80,8 @@ class LLMEngine:
         from llmserve.model.kv_cache import kv_bytes_per_block
         c = self.config
         full = c.max_num_seqs * -(-c.max_model_len // c.block_size)
-        per_block = kv_bytes_per_block(self.model_config, c.block_size)
+        # kv_cache_memory_bytes is per device: tensor parallelism splits each block over tp.
+        per_block = kv_bytes_per_block(self.model_config, c.block_size) // c.tensor_parallel_size
         return max(1, min(full, c.kv_cache_memory_bytes // per_block))
 
     # ---- requests ----------------------------------------------------------------------------
@@ -181,6 +183,7 @@ class LLMEngine:
 
 _LLM_KWARGS = ("dtype", "max_num_seqs", "max_num_batched_tokens", "block_size", "num_kv_blocks",
                "max_model_len", "policy", "attention_impl", "seed", "load_format",
+               "tensor_parallel_size",
                "kv_cache_memory_bytes", "warmup", "trace_log") + SCHEDULER_KNOBS
 
 

@@ -32,9 +32,7 @@ class RunnerStats:
         return len(self.compiled_shapes)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "attention_impl", "decode_only"),
-                   donate_argnums=(1,))
-def _step(params, kv_cache, batch, cfg: ModelConfig, attention_impl: str, decode_only: bool):
+def _step_fn(params, kv_cache, batch, cfg: ModelConfig, attention_impl: str, decode_only: bool):
     md = AttentionMetadata(batch["slot_mapping"], batch["query_start_loc"], batch["seq_lens"],
                            batch["block_tables"], batch["num_seqs"], decode_only)
     logits, kv_cache = forward(params, cfg, batch["token_ids"], batch["positions"], kv_cache, md,
@@ -44,19 +42,45 @@ def _step(params, kv_cache, batch, cfg: ModelConfig, attention_impl: str, decode
     return tokens, logprobs, kv_cache
 
 
+_step = jax.jit(_step_fn, static_argnames=("cfg", "attention_impl", "decode_only"),
+                donate_argnums=(1,))
+
+
 class JaxRunner:
     def __init__(self, params, cfg: ModelConfig, *, num_kv_blocks: int, block_size: int,
                  max_num_seqs: int, max_num_batched_tokens: int, max_model_len: int,
-                 attention_impl: str = "reference", kv_dtype=None):
-        self.params = params
+                 attention_impl: str = "reference", kv_dtype=None, tensor_parallel_size: int = 1):
         self.cfg = cfg
         self.block_size = block_size
         self.num_kv_blocks = num_kv_blocks
         self.attention_impl = attention_impl
         self.max_blocks_per_seq = -(-max_model_len // block_size)
         self.buckets = Buckets(max_num_batched_tokens, max_num_seqs, self.max_blocks_per_seq)
-        self.kv_cache = init_kv_cache(cfg, num_kv_blocks, block_size, kv_dtype)
+        self.tp = tensor_parallel_size
+        self.mesh = None
+        if self.tp != 1:
+            # Tensor parallel: params and cache split over a "tp" mesh (model/sharding.py).
+            from llmserve.model import sharding
+            sharding.validate_tp(cfg, self.tp)
+            self.mesh = sharding.make_mesh(self.tp)
+            params = sharding.shard_params(params, self.mesh, cfg)
+            self.kv_cache = sharding.init_sharded_kv_cache(self.mesh, cfg, num_kv_blocks,
+                                                           block_size, kv_dtype)
+            # One jitted executable per decode_only value: jit takes no kwargs (the static
+            # ones) together with in_shardings, so they are bound first.
+            self._tp_steps = {d: sharding.jit_sharded_step(functools.partial(
+                _step_fn, cfg=cfg, attention_impl=attention_impl, decode_only=d), self.mesh, cfg)
+                for d in (False, True)}
+        else:
+            self.kv_cache = init_kv_cache(cfg, num_kv_blocks, block_size, kv_dtype)
+        self.params = params
         self.stats = RunnerStats()
+
+    def _run_step(self, batch, decode_only: bool):
+        if self.mesh is not None:
+            return self._tp_steps[decode_only](self.params, self.kv_cache, batch)
+        return _step(self.params, self.kv_cache, batch, cfg=self.cfg,
+                     attention_impl=self.attention_impl, decode_only=decode_only)
 
     # ---- host side -------------------------------------------------------------------------
     def _empty_batch(self, T: int, S: int, B: int, n_tok: int) -> dict:
@@ -126,9 +150,7 @@ class JaxRunner:
         t0 = time.perf_counter()
         batch, shape = self.prepare(sched_out)
         t1 = time.perf_counter()
-        tokens, logprobs, self.kv_cache = _step(self.params, self.kv_cache, batch,
-                                                 cfg=self.cfg, attention_impl=self.attention_impl,
-                                                 decode_only=shape[3])
+        tokens, logprobs, self.kv_cache = self._run_step(batch, shape[3])
         tokens, logprobs = jax.device_get((tokens, logprobs))   # one transfer
         t2 = time.perf_counter()
         st = self.stats
@@ -151,8 +173,7 @@ class JaxRunner:
         shapes = shapes or self.buckets.all_shapes()
         for T, S, B, decode_only in shapes:
             batch = self._empty_batch(T, S, B, 0)
-            out = _step(self.params, self.kv_cache, batch, cfg=self.cfg,
-                        attention_impl=self.attention_impl, decode_only=decode_only)
+            out = self._run_step(batch, decode_only)
             self.kv_cache = out[2]
             jax.block_until_ready(out[0])
             self.stats.compiled_shapes.add((T, S, B, decode_only))
