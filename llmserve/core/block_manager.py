@@ -136,6 +136,13 @@ class BlockManager:
             blocks.append(b)
         return True
 
+    def take_block(self) -> int:
+        """One fresh block, ref count 1: a plain free block, else the oldest cached free one
+        evicted (grow's order; the simulator's decode runs grow through it)."""
+        b = self._free.popleft() if self._free else self._evict()
+        self.ref_counts[b] = 1
+        return b
+
     def _evict(self) -> int:
         b, _ = self._cached_free.popitem(last=False)
         h = self._block_hash[b]

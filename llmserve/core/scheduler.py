@@ -21,6 +21,7 @@ import dataclasses
 import itertools
 import time
 
+from llmserve.core import decode_run
 from llmserve.core.block_manager import BlockManager
 from llmserve.core.predictors import (
     apply_predictions,
@@ -591,6 +592,18 @@ class Scheduler:
             self.stats.num_aborted += 1
         else:
             self.stats.num_finished += 1
+
+    # ---- runs of identical decode steps (core/decode_run.py) -----------------------------
+    def plan_decode_run(self, token: int, max_steps: int = 256):
+        """The DecodeRun that the next steps are (at most max_steps), or None: steps in which
+        every running request decodes one token and the schedule cannot change, provided
+        nothing arrives or is aborted meanwhile and the runner samples `token`."""
+        return decode_run.plan(self, token, max_steps)
+
+    def apply_decode_run(self, run, starts: list[float], ends: list[float]) -> list[int]:
+        """Apply a planned run's first len(starts) steps as schedule(starts[j]) +
+        update_from_output(..., ends[j]) would; returns the KV blocks in use after each."""
+        return decode_run.apply(self, run, starts, ends)
 
     # ---- invariants (tests) ---------------------------------------------------------------
     def block_owners(self) -> list[list[int]]:

@@ -6,6 +6,8 @@ serving benchmarks replay traces), so the tokens' values never matter. Pure Pyth
 """
 from __future__ import annotations
 
+import math
+
 from llmserve.core.sched_output import RunnerOutput, SchedulerOutput
 
 
@@ -29,3 +31,39 @@ class SimRunner:
         self.num_steps += 1
         self.busy_s += t
         return RunnerOutput(sampled, {}, t)
+
+    @property
+    def can_run_decode(self) -> bool:
+        """Whether decode_run() applies: the cost model counts rows, not padded buckets."""
+        return self.cost_model.buckets is None
+
+    def decode_run(self, num_seqs: int, context: int, t: float, max_steps: int,
+                   until: float = math.inf, may_start=None) -> tuple[list, list, list, list]:
+        """Execute up to max_steps decode steps of a Scheduler.plan_decode_run run from clock
+        time t: step j has num_seqs one-token rows with contexts adding up to
+        context + j * num_seqs. Step j > 0 starts only at a time before `until` for which
+        may_start (if given) is true.
+        Returns (starts, step times, ends, counts), one entry per step taken; ends are
+        t + the step times added one at a time, as a clock stepped by execute() reads."""
+        cm = self.cost_model
+        decode_counts = cm.decode_counts
+        time_from_counts = cm.time_from_counts
+        starts, dts, ends, counts = [], [], [], []
+        busy = self.busy_s
+        for j in range(max_steps):
+            if j and (t >= until or may_start is not None and not may_start(t)):
+                break
+            c = decode_counts(num_seqs, context)
+            dt = time_from_counts(c)
+            starts.append(t)
+            t += dt
+            ends.append(t)
+            dts.append(dt)
+            counts.append(c)
+            busy += dt
+            context += num_seqs
+        if counts:
+            self.busy_s = busy
+            self.num_steps += len(counts)
+            self.last_counts = counts[-1]
+        return starts, dts, ends, counts

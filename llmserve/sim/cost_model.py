@@ -60,8 +60,10 @@ class Efficiency:
 
 class CostModel:
     def __init__(self, model: ModelConfig, hardware: HardwareProfile,
-                 efficiency: Efficiency | None = None, buckets=None, block_size: int = 16):
+                 efficiency: Efficiency | None = None, buckets=None, block_size: int = 16,
+                 tp: int = 1):
         self.model = model
+        self.tp = tp
         self.hardware = hardware
         self.efficiency = efficiency or Efficiency()
         self.buckets = buckets
@@ -78,7 +80,48 @@ class CostModel:
         self.act_bytes_per_token = float(L * acts * self.dtype_bytes)
         self.attn_flops_per_pair = 4.0 * L * m.num_heads * m.head_dim
         self.kv_bytes_per_token = float(2 * L * m.kv_size * self.dtype_bytes)
+        if tp != 1:
+            self._split_for_tp(tp)
         self._set_rates()
+
+    def _split_for_tp(self, tp: int):
+        """Tensor parallelism (model/sharding.py's Megatron split): the figures become one
+        device's; the tp devices run in lockstep, so a step takes one device's time plus the
+        two all-reduces of the hidden state per layer (after o_proj and down_proj)."""
+        m, hw = self.model, self.hardware
+        if isinstance(tp, bool) or not isinstance(tp, int) or tp < 1:
+            raise ValueError(f"cost model tp must be a positive int, got {tp!r}")
+        for name in ("num_heads", "num_kv_heads", "intermediate_size"):
+            if getattr(m, name) % tp:
+                raise ValueError(f"cost model tp={tp} must divide the model's {name} "
+                                 f"({getattr(m, name)})")
+        if tp > 1 and not hw.link_bandwidth > 0:
+            raise ValueError(f"cost model tp={tp} needs hardware {hw.name!r} to have a "
+                             f"link_bandwidth (device-to-device), got {hw.link_bandwidth}")
+        h, i, L = m.hidden_size, m.intermediate_size, m.num_layers
+        # Embedding and norms replicated; layer matrices and an untied LM head split.
+        head = 0 if m.tie_word_embeddings else m.vocab_size * h
+        split = self.linear_flops_per_token / 2 + head
+        self.weight_bytes -= split * (1 - 1 / tp) * self.dtype_bytes
+        self.linear_flops_per_token /= tp
+        if head:
+            self.head_flops_per_row /= tp
+        self.attn_flops_per_pair /= tp
+        self.kv_bytes_per_token /= tp
+        # The four layer inputs of width h are whole on every device, the rest split.
+        self.act_bytes_per_token = float(
+            L * (4 * h + (2 * m.q_size + 2 * m.kv_size + 3 * i) / tp) * self.dtype_bytes)
+        # Ring all-reduce of a [tokens, h] tensor: 2(tp-1) hops, each moving 1/tp of it.
+        hops = 2 * (tp - 1)
+        self._allreduce = (2 * L * hops / tp * h * self.dtype_bytes / hw.link_bandwidth,
+                           2 * L * hops * hw.link_latency_s)
+
+    def allreduce_time(self, tokens: int) -> float:
+        """Seconds of one step's all-reduces over `tokens` rows (0 without tensor parallelism)."""
+        if self.tp == 1:
+            return 0.0
+        per_token, fixed = self._allreduce
+        return fixed + per_token * tokens
 
     def _set_rates(self):
         e, hw = self.efficiency, self.hardware
@@ -89,7 +132,8 @@ class CostModel:
         self._overhead = (float(e.step_overhead_s), float(e.per_seq_overhead_s))
 
     def with_efficiency(self, efficiency: Efficiency) -> CostModel:
-        return CostModel(self.model, self.hardware, efficiency, self.buckets, self.block_size)
+        return CostModel(self.model, self.hardware, efficiency, self.buckets, self.block_size,
+                         self.tp)
 
     # ---- counting -------------------------------------------------------------------------------
     def counts(self, sched_out, sampled: dict | None = None,
@@ -148,6 +192,17 @@ class CostModel:
                 pairs = (one_row + long * _TILE_Q) * ctx_pad
                 kv_read = (one_row + long) * ctx_pad
             tokens, samples = t_pad, s_pad
+        return self._totals(tokens, samples, pairs, kv_read, nseq)
+
+    def decode_counts(self, nseq: int, context: int) -> tuple[float, float, float, float, int]:
+        """counts() of a step of nseq one-token decode rows (no padding) whose contexts, the
+        new token included, add up to `context`: the same figures, without the pass over the
+        rows (the simulator's runs of decode steps). Only without buckets."""
+        return self._totals(nseq, nseq, context, context, nseq)
+
+    def _totals(self, tokens, samples, pairs, kv_read, nseq):
+        # The one place counts become FLOPs and bytes: counts() and decode_counts() must agree
+        # to the last bit (a decode run's times must be those of its steps one by one).
         return (tokens * self.linear_flops_per_token + samples * self.head_flops_per_row,
                 self.weight_bytes + tokens * self.act_bytes_per_token,
                 pairs * self.attn_flops_per_pair,
@@ -158,12 +213,16 @@ class CostModel:
         a, b, d, f = self._inv
         step_s, seq_s = self._overhead
         lin_f, lin_b, att_f, att_b, nseq = c
+        # Linear bytes are weights + tokens x activations: the step's (padded) token count
+        # comes back from them, so the counts tuple (fit(), MFU) keeps its five entries.
+        comm = (0.0 if self.tp == 1 else
+                self.allreduce_time((lin_b - self.weight_bytes) / self.act_bytes_per_token))
         lin_f *= a
         lin_b *= b
         att_f *= d
         att_b *= f
         return (step_s + seq_s * nseq + (lin_f if lin_f > lin_b else lin_b)
-                + (att_f if att_f > att_b else att_b))
+                + (att_f if att_f > att_b else att_b) + comm)
 
     def step_time(self, sched_out) -> float:
         return self.time_from_counts(self.counts(sched_out))

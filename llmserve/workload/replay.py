@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import logging
+import math
 import time
 
 import numpy as np
@@ -60,6 +61,38 @@ def _set_true_length(req, n: int) -> None:
             return
 
 
+def _decode_run(engine, runner, recorder, run, clock, kv_sample_every, until,
+                may_start) -> None:
+    """Take the steps of a planned decode run that start before the next arrival (or the
+    time cap), with every record a step-by-step run leaves: the scheduler's (apply), the
+    recorder's rows and KV samples, the engine's step times, the clock."""
+    sched = engine.scheduler
+    starts, dts, ends, counts = runner.decode_run(run.num_seqs, run.context, clock.t,
+                                                  run.num_steps, until, may_start)
+    bs = sched.config.block_size
+    reserved0 = used_tokens = 0
+    for r in run.reqs:
+        reserved0 += len(r.block_ids)
+        used_tokens += r.num_computed_tokens
+    used0 = sched.block_manager.num_used_blocks
+    used = sched.apply_decode_run(run, starts, ends)
+    nseq = run.num_seqs
+    records = recorder.records
+    rows = records.rows
+    append = rows.append
+    step_times = engine.step_times
+    for j, c in enumerate(counts):
+        u = used[j]
+        append((starts[j], dts[j], nseq, 0, nseq, u, 0, c[0] + c[2], c[1] + c[3]))
+        step_times.append(ends[j] - starts[j])
+        used_tokens += nseq
+        if len(rows) % kv_sample_every == 0:    # recorder.sample_kv() after this step
+            reserved = (reserved0 + u - used0) * bs
+            records.kv_reserved_slots.append(reserved)
+            records.kv_used_slots.append(min(used_tokens, reserved))
+    clock.t = ends[-1]
+
+
 def prepare(workload: list[WorkloadRequest], *, rate_scale: float = 1.0,
             max_requests: int | None = None, max_model_len: int | None = None
             ) -> tuple[list[WorkloadRequest], int]:
@@ -88,10 +121,13 @@ def prepare(workload: list[WorkloadRequest], *, rate_scale: float = 1.0,
 def replay(engine, workload: list[WorkloadRequest], *, rate_scale: float = 1.0,
            max_requests: int | None = None, time_limit_s: float | None = None, seed: int = 0,
            idle_tick_s: float = 1e-3, kv_sample_every: int = 8, counter=None,
-           progress_every_s: float = 30.0, label: str = "") -> ReplayResult:
+           progress_every_s: float = 30.0, label: str = "",
+           fast_decode: bool = True) -> ReplayResult:
     """Drive `workload` into `engine` until every request finished (or time_limit_s passed on
     the run's clock, when the rest is aborted). The engine's clock decides the mode: a
-    VirtualClock is simulated time, anything else is the wall clock."""
+    VirtualClock is simulated time, anything else is the wall clock. fast_decode=False steps
+    a simulation one step at a time even through runs of pure decode steps (the reference
+    the fast path is tested against; the results are the same)."""
     clock = engine.clock
     virtual = isinstance(clock, VirtualClock)
     reqs, num_cut = prepare(workload, rate_scale=rate_scale, max_requests=max_requests,
@@ -121,6 +157,13 @@ def replay(engine, workload: list[WorkloadRequest], *, rate_scale: float = 1.0,
     has_unfinished = sched.has_unfinished   # what engine.has_unfinished() returns
     finished = RequestStatus.PREEMPTED      # statuses above it are finished
     st = sched.stats
+    # Runs of pure decode steps are applied at once (core/decode_run.py): identical results,
+    # a fraction of the Python per step. Only on a virtual clock, with a runner that models
+    # them (the SimRunner without padded buckets).
+    decode_runs = (virtual and fast_decode and getattr(inner_runner, "can_run_decode", False)
+                   and recorder._reuse_counts)
+    filler = getattr(inner_runner, "filler_token_id", 0)
+    in_time = None if time_limit_s is None else (lambda t: t - start < time_limit_s)
     # A simulation allocates and keeps many long-lived objects (requests, token lists,
     # records) and creates no reference cycles worth collecting: the cyclic GC's passes over
     # them are pure overhead, so it is off while the virtual clock runs.
@@ -155,6 +198,17 @@ def replay(engine, workload: list[WorkloadRequest], *, rate_scale: float = 1.0,
                     active[rid] = req
                 i += 1
             if has_unfinished():
+                if decode_runs and (run := sched.plan_decode_run(filler)) is not None:
+                    # Steps start before the next arrival and the time cap, as at the top
+                    # of this loop.
+                    _decode_run(engine, inner_runner, recorder, run, clock, kv_sample_every,
+                                due[i] if i < n else math.inf, in_time)
+                    if time.perf_counter() >= next_log:
+                        next_log += progress_every_s
+                        log.info("%s t=%.1fs arrived %d/%d finished %d running %d waiting %d",
+                                 label, clock() - start, i, n, len(records.rows),
+                                 sched.num_running, sched.num_waiting)
+                    continue
                 before = len(step_rows)
                 ended = st.num_finished + st.num_aborted
                 changed = step_requests()

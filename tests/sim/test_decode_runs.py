@@ -1,0 +1,134 @@
+"""The simulator's runs of decode steps (core/decode_run.py) against the oracle: the same
+replay stepped one scheduler step at a time (replay(..., fast_decode=False)). Everything a
+run leaves must be identical: every request's tokens, token times, first-token and finish
+times, preemptions, the scheduler's step records and totals, the block pool (free order,
+prefix cache, evictions), the replay's request and step arrays and KV samples, the engine's
+step times and the runner's busy time."""
+import numpy as np
+import pytest
+
+from llmserve.config import EngineConfig
+from llmserve.core.sched_output import ScheduledRequest, SchedulerOutput
+from llmserve.engine import LLMEngine
+from llmserve.model.config import get_preset
+from llmserve.runner.sim_runner import SimRunner
+from llmserve.sim.cost_model import CostModel
+from llmserve.sim.hardware import get_hardware
+from llmserve.workload.replay import VirtualClock, replay
+from llmserve.workload.synthetic import synthetic_workload
+
+MODEL = get_preset("llama3-8b")
+
+
+def _run(wl, fast, policy="chunked", kv_blocks=4096, budget=512, time_limit=None, **knobs):
+    ec = EngineConfig(policy=policy, model="llama3-8b", load_format="dummy",
+                      num_kv_blocks=kv_blocks, max_model_len=2048, max_num_seqs=64,
+                      max_num_batched_tokens=budget if policy in ("chunked", "predictive")
+                      else 2048, **knobs)
+    runner = SimRunner(CostModel(MODEL, get_hardware("h100-80gb")))
+    eng = LLMEngine(ec, runner=runner, model=(MODEL, None, None), clock=VirtualClock())
+    sched = eng.scheduler
+    kept = []
+    add = sched.add_request
+    sched.add_request = lambda req: (kept.append(req), add(req))[1]
+    plans = []
+    if fast:
+        plan = sched.plan_decode_run
+        sched.plan_decode_run = lambda *a: plans.append(plan(*a)) or plans[-1]
+    res = replay(eng, wl, seed=3, time_limit_s=time_limit, fast_decode=fast)
+    return eng, res, kept, [p for p in plans if p is not None]
+
+
+def _state(eng, res, kept):
+    sched = eng.scheduler
+    bm = sched.block_manager
+    st = sched.stats.as_dict()
+    for k in ("schedule_ns", "update_ns", "predict_ns", "scheduler_ns", "scheduler_us_per_step"):
+        st.pop(k, None)
+    reqs = [(r.request_id, r.status, list(r.token_ids), list(r.token_times), r.first_token_time,
+             r.first_scheduled_time, r.finish_time, r.num_preemptions, r.num_cached_tokens,
+             list(r.block_ids), list(r.block_hashes)) for r in kept]
+    # schedule_ns / update_ns (the last two fields) are wall-clock timings.
+    rows = [r[:-2] for r in sched.step_records.rows]
+    pool = (list(bm._free), list(bm._cached_free), dict(bm._cached), list(bm.ref_counts),
+            list(bm._block_hash), bm.num_evictions, bm.num_hit_tokens, bm.num_lookup_tokens,
+            bm.num_shared_refs)
+    arrays = {f"req.{k}": v for k, v in res.requests.items()}
+    arrays.update({f"step.{k}": v for k, v in res.steps.items()})
+    scalars = (res.start, res.end, res.num_requests, res.num_rejected, res.num_aborted,
+               res.scheduler_steps, res.preemptions, sched._step_id, sched._kv_tokens,
+               eng.runner.busy_s, eng.runner.num_steps, eng.runner.last_counts)
+    return st, reqs, rows, pool, arrays, scalars, list(eng.step_times)
+
+
+def _compare(wl, min_run_steps=1, **kw):
+    slow = _state(*_run(wl, False, **kw)[:3])
+    eng, res, kept, plans = _run(wl, True, **kw)
+    fast = _state(eng, res, kept)
+    names = ("stats", "requests", "step records", "block pool", "arrays", "scalars",
+             "step times")
+    for name, a, b in zip(names, slow, fast):
+        if name == "arrays":
+            assert a.keys() == b.keys()
+            for k in a:     # exact: a run's times are added one step at a time, as in a step
+                np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+        else:
+            assert a == b, name
+    # The fast path really ran (else this compares the slow path with itself).
+    if min_run_steps:
+        assert plans and max(p.num_steps for p in plans) >= min_run_steps
+    return slow, plans
+
+
+def _wl(n, rate, seed=0, **kw):
+    return synthetic_workload(n, rate, seed=seed, lengths="high_variance",
+                              prompt_len=(20, 300), short_output=(2, 30),
+                              long_output=(60, 400), vocab_size=MODEL.vocab_size, **kw)
+
+
+def test_arrivals_mid_run_chunked():
+    # ~40 req/s against ~10 ms steps: arrivals cut runs short, many finishes.
+    st, _ = _compare(_wl(120, 40.0), min_run_steps=20)
+    assert st[0]["num_finished"] == 120
+
+
+@pytest.mark.parametrize("policy", ["continuous", "predictive"])
+def test_presets(policy):
+    _compare(_wl(80, 30.0, seed=1), policy=policy, min_run_steps=10)
+
+
+def test_preemption_pressure():
+    # A pool of 120 blocks for up to 44 blocks per request: decode runs end where a block
+    # cannot be had, and the ordinary step preempts.
+    st, plans = _compare(_wl(60, 200.0, seed=2), kv_blocks=120)
+    assert st[0]["num_preemptions"] > 0
+
+
+def test_prefix_caching_with_evictions():
+    # Shared prompts (cache hits), a small pool (evictions of cached blocks while runs grow
+    # and register blocks), and identical prompts whose decode blocks hash alike.
+    wl = _wl(80, 60.0, seed=4, num_prefixes=3, prefix_len=96)
+    wl += [type(w)(w.arrival_s + 0.001, w.prompt_len, w.output_len, w.prompt_token_ids)
+           for w in wl[:20]]
+    st, _ = _compare(wl, kv_blocks=160, enable_prefix_caching=True)
+    assert st[0]["num_cache_hit_tokens"] > 0
+    assert _run(wl, False, kv_blocks=160, enable_prefix_caching=True)[0] \
+        .scheduler.block_manager.num_evictions > 0
+
+
+def test_time_limit_mid_run():
+    _compare(_wl(40, 20.0, seed=5), time_limit=0.7)
+
+
+def test_static_is_stepped_one_by_one():
+    # Formed batches: no decode runs (plan says None), and the results are unchanged.
+    _, plans = _compare(_wl(40, 30.0, seed=6), min_run_steps=0, policy="static")
+    assert not plans
+
+
+def test_decode_counts_equal_counts_of_the_step():
+    cm = CostModel(MODEL, get_hardware("h100-80gb"))
+    starts = [0, 15, 16, 700, 2046]
+    so = SchedulerOutput(1, [ScheduledRequest(str(i), [7], s, [0], True, 1, (0, 0, 1, 0))
+                             for i, s in enumerate(starts)], len(starts))
+    assert cm.decode_counts(len(starts), sum(s + 1 for s in starts)) == cm.counts(so)
