@@ -13,15 +13,22 @@ class HardwareProfile:
     peak_flops: float       # dense (no sparsity) bf16 FLOP/s
     mem_bandwidth: float    # bytes/s
     memory_bytes: float
+    # Device-to-device link for tensor parallelism (cost_model.py's all-reduce term): bytes/s
+    # one way per device, and latency per ring hop. 0 = none (no tensor parallelism).
+    link_bandwidth: float = 0.0
+    link_latency_s: float = 0.0
 
 
 PROFILES = {
     # NVIDIA A100 80GB SXM: 312 TFLOP/s bf16 dense, 2,039 GB/s HBM2e.
-    "a100-80gb": HardwareProfile("a100-80gb", 312e12, 2.039e12, 80e9),
+    # NVLink 3: 600 GB/s per GPU both ways together (300 GB/s one way); ~2 us per ring hop
+    # is a round figure for NCCL's small-message latency over NVSwitch, not a measurement.
+    "a100-80gb": HardwareProfile("a100-80gb", 312e12, 2.039e12, 80e9, 300e9, 2e-6),
     # NVIDIA H100 SXM5 80GB: 989 TFLOP/s bf16 dense, 3.35 TB/s HBM3.
-    "h100-80gb": HardwareProfile("h100-80gb", 989e12, 3.35e12, 80e9),
+    # NVLink 4: 900 GB/s per GPU both ways together (450 GB/s one way).
+    "h100-80gb": HardwareProfile("h100-80gb", 989e12, 3.35e12, 80e9, 450e9, 2e-6),
     # NVIDIA H200 SXM 141GB: same compute as H100, 4.8 TB/s HBM3e.
-    "h200": HardwareProfile("h200", 989e12, 4.8e12, 141e9),
+    "h200": HardwareProfile("h200", 989e12, 4.8e12, 141e9, 450e9, 2e-6),
     # NVIDIA Jetson AGX Orin 64GB module (an edge device): Ampere GPU, 42.5 TFLOP/s dense FP16
     # tensor (the GPU's 170 sparse INT8 TOPS halved for dense, halved again for FP16; Jetson
     # AGX Orin Series Technical Brief), 204.8 GB/s 256-bit LPDDR5 shared with the CPU, 64 GB
