@@ -59,7 +59,7 @@ def cluster_config(cfg: dict, policy: str, placement: str, **over) -> ClusterCon
     if placement == "centralized":
         pl["num_routers"] = 1
         pl["staleness_s"] = 0.0
-    pl.update(over.pop("placement", {}))
+    pl.update(over.pop("placement_over", {}))
     router = dict(cfg.get("router", {}))
     c.update(policy=policy, placement=PlacementConfig.from_dict(pl),
              predictor=over.pop("predictor", router.pop("predictor", "oracle")),
@@ -187,7 +187,7 @@ def run(config) -> dict:
             for p in policies:
                 name = f"{p}/{pl}@{d * 1e3:g}ms"
                 m, _ = _run_one(cfg, reqs, desc, name, p, pl, slo,
-                                placement={"decision_base_s": d})
+                                placement_over={"decision_base_s": d})
                 m["decision_base_s"] = d
                 out.setdefault("decision_sweep", {})[name] = m
     out["series"] = series
