@@ -18,6 +18,7 @@ import time
 import numpy as np
 
 from llmserve.config import EngineConfig
+from llmserve.metrics import figures as figures_lib
 from llmserve.metrics import report
 from llmserve.metrics.summary import latencies, summarize
 from llmserve.workload import summarize as workload_summary
@@ -351,34 +352,11 @@ def write_outputs(results: dict, workdir: str, figures: bool = True) -> dict:
     """results.json, table.md and PNG figures into workdir; returns {what: path}."""
     os.makedirs(workdir, exist_ok=True)
     paths = {}
-    cfg = results["config"]
-    slo_ttft, slo_tpot = _g(cfg, "slo.ttft_s", 2.0), _g(cfg, "slo.tpot_s", 0.1)
-    tag = f"{results.get('runner')} {results.get('hardware')} {_g(cfg, 'model.preset')}"
     lats = results.pop("_latencies", None)
-    if figures and lats:
-        paths["latency_cdf"] = report.plot_latency_cdfs(
-            lats, os.path.join(workdir, "latency_cdf.png"), title=tag)
-    if figures and results.get("policies"):
-        paths["policy_bars"] = report.plot_bars(
-            results["policies"], [("output_throughput_tok_s", "output tok/s"),
-                                  ("ttft_p99_s", "p99 TTFT (s)"), ("tpot_p99_s", "p99 TPOT (s)"),
-                                  ("busy_fraction", "busy fraction")],
-            os.path.join(workdir, "policies.png"), title=tag)
-    if figures and results.get("rate_sweep"):
-        pts = {n: [(m["rate_rps"], m) for m in ms] for n, ms in results["rate_sweep"].items()}
-        paths["rate_sweep"] = report.plot_sweep(pts, os.path.join(workdir, "rate_sweep.png"),
-                                                "request rate (req/s)", slo_ttft, slo_tpot, tag)
-    if figures and results.get("budget_sweep"):
-        pts = {n: [(m["max_num_batched_tokens"], m) for m in ms]
-               for n, ms in results["budget_sweep"].items()}
-        paths["budget_sweep"] = report.plot_sweep(pts, os.path.join(workdir, "budget_sweep.png"),
-                                                  "max_num_batched_tokens", slo_ttft, slo_tpot,
-                                                  tag, logx=True)
-    if figures and results.get("noise_sweep"):
-        pts = {"predictive": [(m["rel_error"], m) for m in results["noise_sweep"]]}
-        paths["noise_sweep"] = report.plot_sweep(pts, os.path.join(workdir, "noise_sweep.png"),
-                                                 "noisy_oracle relative error", slo_ttft,
-                                                 slo_tpot, tag)
+    if lats:    # the CDFs' data, so scripts/make_figures.py can redraw them from the JSON
+        results["latency_quantiles"] = figures_lib.latency_quantiles(lats)
+    if figures:
+        paths.update(figures_lib.benchmark_figures(results, workdir, lats))
     results["figures"] = dict(paths)
     paths["results"] = report.write_json(os.path.join(workdir, "results.json"), results)
     with open(os.path.join(workdir, "table.md"), "w") as f:

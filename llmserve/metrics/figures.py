@@ -1,0 +1,189 @@
+"""Figures beyond the benchmark's own (report.py): the length predictor's, and every PNG of
+docs/figures rebuilt from the JSON results the benchmarks wrote (scripts/make_figures.py).
+
+Latency CDFs are stored in results.json as quantiles (`latency_quantiles`, 101 points per
+metric and policy), which draw the same curve as the raw samples at a fraction of the size.
+"""
+from __future__ import annotations
+
+import json
+import os
+from statistics import NormalDist
+
+import numpy as np
+
+from llmserve.metrics import report
+
+QUANTILES = np.linspace(0.0, 1.0, 101)
+LATENCY_KEYS = ("ttft", "tpot", "e2e")
+
+
+def latency_quantiles(latencies: dict[str, dict[str, np.ndarray]],
+                      q: np.ndarray = QUANTILES) -> dict:
+    """{policy: {metric: [quantiles]}} of the finite samples (None where there are none)."""
+    out = {}
+    for name, lat in latencies.items():
+        out[name] = {}
+        for k in LATENCY_KEYS:
+            x = np.asarray(lat.get(k, []), float)
+            x = x[np.isfinite(x)]
+            out[name][k] = np.quantile(x, q).tolist() if x.size else None
+    return {"q": [float(v) for v in q], "policies": out}
+
+
+def quantiles_as_samples(lq: dict) -> dict[str, dict[str, np.ndarray]]:
+    """The stored quantiles as 'samples' report.plot_latency_cdfs draws: a sorted sample's
+    empirical CDF at points q equals the quantile curve."""
+    return {name: {k: np.asarray(v if v is not None else [], float) for k, v in m.items()}
+            for name, m in lq["policies"].items()}
+
+
+# ---- length predictor ----------------------------------------------------------------------
+def interval_coverage(log_mean, log_std, y, levels) -> np.ndarray:
+    """Share of true lengths y inside each central interval level of the (calibrated)
+    Gaussian over log(1 + length): the calibration curve (ideal: coverage == level)."""
+    ly = np.log1p(np.asarray(y, float))
+    err = np.abs(ly - np.asarray(log_mean, float)) / np.asarray(log_std, float)
+    return np.array([np.mean(err <= NormalDist().inv_cdf(0.5 + lv / 2)) for lv in levels])
+
+
+def plot_predicted_vs_true(pred, pidx, y, path: str, title: str = "") -> str:
+    """Per-sample true length against the predicted median with its interval (log axes)."""
+    plt = report._plt()
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    pidx, y = np.asarray(pidx), np.asarray(y, float)
+    med, lo, hi = pred.median[pidx], pred.lower[pidx], pred.upper[pidx]
+    ax.errorbar(y + 1, med + 1, yerr=[med - lo, hi - med], fmt="o", ms=2, lw=0.3,
+                alpha=0.4, elinewidth=0.3)
+    top = max(float(np.max(y)), float(np.max(hi))) + 1
+    ax.plot([1, top], [1, top], "k--", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("true output length + 1")
+    ax.set_ylabel("predicted median + 1 (bars: interval)")
+    ax.grid(alpha=0.3)
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return report._save(fig, path)
+
+
+def plot_interval_calibration(levels, coverage, path: str, title: str = "") -> str:
+    plt = report._plt()
+    fig, ax = plt.subplots(figsize=(4, 4))
+    ax.plot(levels, coverage, marker="o", label="predictor")
+    ax.plot([0, 1], [0, 1], "k--", lw=0.8, label="ideal")
+    ax.set_xlabel("nominal interval")
+    ax.set_ylabel("share of true lengths inside")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return report._save(fig, path)
+
+
+def predictor_figures(predictor, ds, out_dir: str, levels=(0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
+                      ) -> dict:
+    """Predicted-vs-true and interval-calibration PNGs for a LengthPredictor on a dataset."""
+    pred = predictor.predict(ds.prompts)
+    pidx, y = ds.per_sample()
+    cov = interval_coverage(pred.log_mean[pidx], pred.log_std[pidx], y, levels)
+    return {"coverage": dict(zip([float(v) for v in levels], cov.tolist())),
+            "predicted_vs_true": plot_predicted_vs_true(
+                pred, pidx, y, os.path.join(out_dir, "predicted_vs_true.png")),
+            "calibration": plot_interval_calibration(
+                levels, cov, os.path.join(out_dir, "interval_calibration.png"))}
+
+
+# ---- the benchmark's figures (llmserve.bench.write_outputs and docs/figures) ---------------
+# kind -> file name under the output directory
+BENCHMARK_FIGURES = {"latency_cdf": "latency_cdf.png", "policy_bars": "policies.png",
+                     "rate_sweep": "rate_sweep.png", "budget_sweep": "budget_sweep.png",
+                     "noise_sweep": "noise_sweep.png"}
+
+
+def _get(d: dict, path: str, default=None):
+    for k in path.split("."):
+        if not isinstance(d, dict) or k not in d:
+            return default
+        d = d[k]
+    return d
+
+
+def draw(results: dict, kind: str, path: str, latencies=None) -> str | None:
+    """One benchmark figure from a results dict (llmserve.bench.run's, or its results.json);
+    None when the results hold no data for it. Latency CDFs come from `latencies` (raw
+    samples) or else the stored `latency_quantiles`."""
+    cfg = results.get("config", {})
+    slo_ttft, slo_tpot = _get(cfg, "slo.ttft_s", 2.0), _get(cfg, "slo.tpot_s", 0.1)
+    tag = f"{results.get('runner')} {results.get('hardware')} {_get(cfg, 'model.preset')}"
+    if kind == "latency_cdf":
+        if latencies is None and results.get("latency_quantiles"):
+            latencies = quantiles_as_samples(results["latency_quantiles"])
+        if not latencies:
+            return None
+        return report.plot_latency_cdfs(latencies, path, title=tag)
+    if kind == "policy_bars":
+        if not results.get("policies"):
+            return None
+        return report.plot_bars(
+            results["policies"], [("output_throughput_tok_s", "output tok/s"),
+                                  ("ttft_p99_s", "p99 TTFT (s)"), ("tpot_p99_s", "p99 TPOT (s)"),
+                                  ("busy_fraction", "busy fraction")], path, title=tag)
+    if kind == "rate_sweep" and results.get("rate_sweep"):
+        pts = {n: [(m["rate_rps"], m) for m in ms] for n, ms in results["rate_sweep"].items()}
+        return report.plot_sweep(pts, path, "request rate (req/s)", slo_ttft, slo_tpot, tag)
+    if kind == "budget_sweep" and results.get("budget_sweep"):
+        pts = {n: [(m["max_num_batched_tokens"], m) for m in ms]
+               for n, ms in results["budget_sweep"].items()}
+        return report.plot_sweep(pts, path, "max_num_batched_tokens", slo_ttft, slo_tpot, tag,
+                                 logx=True)
+    if kind == "noise_sweep" and results.get("noise_sweep"):
+        pts = {"predictive": [(m["rel_error"], m) for m in results["noise_sweep"]]}
+        return report.plot_sweep(pts, path, "noisy_oracle relative error", slo_ttft, slo_tpot,
+                                 tag)
+    if kind not in BENCHMARK_FIGURES:
+        raise ValueError(f"figure kind must be one of {sorted(BENCHMARK_FIGURES)}, got {kind!r}")
+    return None
+
+
+def benchmark_figures(results: dict, out_dir: str, latencies=None) -> dict:
+    """Every figure the results hold data for, as out_dir/<BENCHMARK_FIGURES name>."""
+    paths = {}
+    for kind, fname in BENCHMARK_FIGURES.items():
+        p = draw(results, kind, os.path.join(out_dir, fname), latencies)
+        if p:
+            paths[kind] = p
+    return paths
+
+
+# ---- docs/figures ---------------------------------------------------------------------------
+# docs/figures/<png> <- (docs/results/<json>, kind). The JSON files are the benchmarks'
+# results.json, copied there by scripts/make_figures.py --collect (commands in RESULTS.md).
+DOC_FIGURES = {
+    "demo_latency_cdf.png": ("demo.json", "latency_cdf"),
+    "demo_policies.png": ("demo.json", "policy_bars"),
+    "sim_h100_azure_latency_cdf.png": ("sim_azure_full.json", "latency_cdf"),
+    "sim_h100_rate_sweep.png": ("sim_azure_sweeps.json", "rate_sweep"),
+    "sim_h100_budget_sweep.png": ("sim_azure_sweeps.json", "budget_sweep"),
+    "sim_h100_noise_sweep.png": ("sim_azure_sweeps.json", "noise_sweep"),
+    "fidelity_latency_cdf.png": ("fidelity.json", "latency_cdf"),
+}
+
+
+def make_doc_figures(results_dir: str, out_dir: str, only=None) -> dict:
+    """Redraw docs/figures from the JSON results: {png: path, or the reason it was not}."""
+    out = {}
+    for png, (src, kind) in DOC_FIGURES.items():
+        if only and png not in only:
+            continue
+        path = os.path.join(results_dir, src)
+        if not os.path.exists(path):
+            out[png] = f"missing {path}"
+            continue
+        with open(path) as f:
+            results = json.load(f)
+        out[png] = draw(results, kind, os.path.join(out_dir, png)) or \
+            f"{src} has no data for {kind} (rerun its command with the current code)"
+    return out

@@ -1,0 +1,67 @@
+"""llmserve.metrics.figures: the stored CDF quantiles, interval calibration, figures from JSON."""
+import json
+import os
+import types
+from statistics import NormalDist
+
+import numpy as np
+import pytest
+
+from llmserve.metrics import figures, report
+
+
+def test_latency_quantiles_match_numpy_and_skip_non_finite():
+    x = np.array([3.0, 1.0, np.nan, 2.0, np.inf, 4.0])
+    lq = figures.latency_quantiles({"p": {"ttft": x, "tpot": np.array([]), "e2e": x * 2}})
+    assert lq["q"][0] == 0.0 and lq["q"][-1] == 1.0 and len(lq["q"]) == 101
+    ttft = lq["policies"]["p"]["ttft"]
+    assert ttft[0] == 1.0 and ttft[-1] == 4.0 and ttft[50] == 2.5     # median of 1,2,3,4
+    assert lq["policies"]["p"]["tpot"] is None
+    back = figures.quantiles_as_samples(json.loads(json.dumps(lq)))
+    assert back["p"]["tpot"].size == 0 and back["p"]["e2e"][-1] == 8.0
+
+
+def test_interval_coverage_hand_computed():
+    # log-space errors of 0, 0.5, 1, 2 std: inside the 50% interval (z=0.674) only the first
+    # two... no: 0.5 < 0.674, so 2 of 4; inside 80% (z=1.28): 3 of 4; inside 99% (2.58): all.
+    mu, sd = np.zeros(4), np.ones(4)
+    y = np.expm1(np.array([0.0, 0.5, -1.0, 2.0]))
+    cov = figures.interval_coverage(mu, sd, y, [0.5, 0.8, 0.99])
+    assert NormalDist().inv_cdf(0.75) > 0.5
+    np.testing.assert_allclose(cov, [0.5, 0.75, 1.0])
+
+
+def test_predictor_figures_write_pngs(tmp_path):
+    pred = types.SimpleNamespace(median=np.array([10.0, 100.0]), lower=np.array([5.0, 50.0]),
+                                 upper=np.array([20.0, 200.0]),
+                                 log_mean=np.log1p([10.0, 100.0]), log_std=np.array([0.5, 0.5]))
+    ds = types.SimpleNamespace(prompts=[[1], [2]],
+                               per_sample=lambda: (np.array([0, 0, 1]), np.array([9, 30, 101])))
+    predictor = types.SimpleNamespace(predict=lambda prompts: pred)
+    out = figures.predictor_figures(predictor, ds, str(tmp_path), levels=(0.5, 0.9))
+    assert os.path.getsize(out["predicted_vs_true"]) > 0 and os.path.getsize(out["calibration"])
+    assert set(out["coverage"]) == {0.5, 0.9}
+
+
+def _results():
+    m = {"output_throughput_tok_s": 10.0, "ttft_p99_s": 0.1, "tpot_p99_s": 0.01,
+         "busy_fraction": 1.0, "goodput_rps": 1.0}
+    lat = {"static": {k: np.linspace(0.01, 1, 50) for k in figures.LATENCY_KEYS}}
+    return {"config": {"slo": {"ttft_s": 2.0, "tpot_s": 0.1}, "model": {"preset": "tiny"}},
+            "runner": "sim", "hardware": "h100-80gb", "policies": {"static": m},
+            "rate_sweep": {"static": [dict(m, rate_rps=r) for r in (1, 2)]},
+            "latency_quantiles": figures.latency_quantiles(lat)}
+
+
+def test_doc_figures_from_json(tmp_path):
+    res = tmp_path / "results"
+    report.write_json(str(res / "demo.json"), _results())
+    out = figures.make_doc_figures(str(res), str(tmp_path / "fig"))
+    assert out["demo_latency_cdf.png"].endswith("demo_latency_cdf.png")
+    assert out["demo_policies.png"].endswith("demo_policies.png")
+    assert "missing" in out["sim_h100_rate_sweep.png"]
+    for png in ("demo_latency_cdf.png", "demo_policies.png"):
+        assert (tmp_path / "fig" / png).stat().st_size > 0
+    with pytest.raises(ValueError, match="figure kind"):
+        figures.draw(_results(), "nope", str(tmp_path / "x.png"))
+    assert figures.draw({"config": {}}, "rate_sweep", str(tmp_path / "x.png")) is None
