@@ -88,8 +88,11 @@ def field_comments(path: str) -> dict[str, tuple[int, str]]:
     ret = next((n for n in ast.walk(fn) if isinstance(n, ast.Return)), None)
     root = ret.value.id if ret is not None and isinstance(ret.value, ast.Name) else "c"
     out: dict[str, tuple[int, str]] = {}
-    for node in ast.walk(fn):
-        if not isinstance(node, ast.Assign) or len(node.targets) != 1:
+    group = (None, "")     # (last line, leading block) of a run of uncommented statements
+    assigns = sorted((n for n in ast.walk(fn) if isinstance(n, ast.Assign)),
+                     key=lambda n: n.lineno)
+    for node in assigns:
+        if len(node.targets) != 1:
             continue
         name = _path(node.targets[0], root)
         if not name:
@@ -106,6 +109,16 @@ def field_comments(path: str) -> dict[str, tuple[int, str]]:
             while ln in alone and _is_continuation(alone[ln][0], alone[ln][1], col):
                 own.append(_text(alone[ln][1]))
                 ln += 1
+        # Statements right under a leading block, none with a comment of its own, share it:
+        #   # reward = w_slo * ... + w_energy * ...
+        #   c.reward.w_slo = 1.0
+        #   c.reward.w_energy = 0.25
+        if lead and not own:
+            group = (last, " ".join(lead))
+        elif not lead and not own and group[0] == first - 1:
+            lead, group = [group[1]], (last, group[1])
+        else:
+            group = (None, "")
         out[name] = (first, " ".join(x for x in lead + own if x))
         sub = _sub_config_module(node.value)
         if sub in imports:

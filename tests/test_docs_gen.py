@@ -51,6 +51,10 @@ def test_comment_styles_parsed(tmp_path):
             for k in ("p", "q"):
                 c.loop[k] = 0
             c.lit = ml_collections.ConfigDict({"u": 1})  # literal parent
+            # g1 and g2 share this
+            c.g1 = 1
+            c.g2 = 2
+            c.g3 = 3  # own
             return c
         ''')
     (tmp_path / "t.py").write_text(src)
@@ -62,6 +66,8 @@ def test_comment_styles_parsed(tmp_path):
         "sub.y": ("2.5", "Leading block on two lines."),   # inherited from `sub`
         "loop.p": ("0", "parent meaning"), "loop.q": ("0", "parent meaning"),
         "lit.u": ("1", "literal parent"),
+        "g1": ("1", "g1 and g2 share this"), "g2": ("2", "g1 and g2 share this"),
+        "g3": ("3", "own"),
     }
     assert [f for f, _, _ in docs_gen.config_fields(str(tmp_path / "t.py"))][:3] == \
         ["a", "b", "sub.x"]
