@@ -13,6 +13,7 @@ import ast
 import importlib.util
 import io
 import os
+import re
 import tokenize
 
 HEADER = ("# Config reference\n\n"
@@ -156,6 +157,8 @@ def _rows(path: str) -> list[tuple[str, str, str, bool]]:
     for name, v in _leaves(cfg):
         line, meaning = comments.get(name, (None, ""))
         own, parent = name in comments, name
+        if not meaning:
+            meaning = _from_referenced_file(path, comments, name)
         while (not meaning or line is None) and "." in parent:
             parent = parent.rsplit(".", 1)[0]
             pline, pmeaning = comments.get(parent, (None, ""))
@@ -164,6 +167,19 @@ def _rows(path: str) -> list[tuple[str, str, str, bool]]:
         rows.append((line if line is not None else 1e9, name, _default(v), meaning, own))
     rows.sort(key=lambda r: (r[0], r[1]))
     return [r[1:] for r in rows]
+
+
+def _from_referenced_file(path: str, comments: dict, name: str) -> str:
+    """A sub-config whose comment names another config file (`# the engine
+    (configs/engine.py)`) takes its fields' meanings from that file."""
+    parts = name.split(".")
+    for i in range(len(parts) - 1, 0, -1):
+        ref = re.search(r"configs/(\w+)\.py", comments.get(".".join(parts[:i]), (0, ""))[1])
+        if ref:
+            other = os.path.join(os.path.dirname(path), ref.group(1) + ".py")
+            if os.path.exists(other) and os.path.abspath(other) != os.path.abspath(path):
+                return field_comments(other).get(".".join(parts[i:]), (0, ""))[1]
+    return ""
 
 
 def config_fields(path: str) -> list[tuple[str, str, str]]:

@@ -71,7 +71,19 @@ def test_comment_styles_parsed(tmp_path):
     }
     assert [f for f, _, _ in docs_gen.config_fields(str(tmp_path / "t.py"))][:3] == \
         ["a", "b", "sub.x"]
-    assert docs_gen.undocumented(str(tmp_path)) == ["configs/t.py: sub.y"]
+    assert docs_gen.undocumented(str(tmp_path)) == ["configs/t.py: sub.y"]  # (before u.py)
+    # A sub-config whose comment names another config file takes that file's meanings.
+    (tmp_path / "u.py").write_text(textwrap.dedent('''\
+        import ml_collections
+
+
+        def get_config():
+            c = ml_collections.ConfigDict()
+            c.e = ml_collections.ConfigDict({"a": 5, "zz": 1})  # as in configs/t.py
+            return c
+        '''))
+    urows = {f: m for f, _, m in docs_gen.config_fields(str(tmp_path / "u.py"))}
+    assert urows == {"e.a": "trailing", "e.zz": "as in configs/t.py"}
     md = docs_gen.render(str(tmp_path))
     assert "A test config." in md and "More text" not in md
     assert "| `sub.x` | `(1, 2)` | in a \\| pipe deep continuation |" in md
