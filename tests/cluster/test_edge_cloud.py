@@ -171,3 +171,36 @@ def test_unknown_strategy_names_it():
         ec.EdgeCloudSim(cfg, _workload(3, 1.0), "oracle:size")
     with pytest.raises(ValueError, match="context must be one of"):
         ec.EdgeCloudSim(cfg, _workload(3, 1.0), "ucb:weather")
+
+
+def test_bench_regret_and_claim_follow_the_runs(tmp_path):
+    from llmserve.cluster import edge_cloud_bench as bench
+    c = get_config()
+    c.edge.model = "qwen2-0.5b"
+    c.cloud.num_replicas = 1
+    c.strategies = "always_edge,always_cloud,thompson,oracle"
+    c.rates = "2,8"
+    c.workload.num_requests = 25
+    res = bench.run(c)
+    cfg = ec.make_config(c)
+    wl = bench._scaled(bench.base_workload(c.to_dict()), 8.0)
+    oracle = ec.simulate(cfg, wl, "oracle")["requests"]["reward"]
+    ts = ec.simulate(cfg, wl, "thompson")["requests"]["reward"]
+    r8 = res["rates"]["8"]
+    np.testing.assert_allclose(r8["regret"]["thompson"], np.cumsum(oracle - ts))
+    s = r8["summary"]
+    row = next(x for x in r8["claim"] if x["strategy"] == "thompson"
+               and x["alternative"] == "always_cloud")
+    assert row["energy_saving"] == pytest.approx(
+        1 - s["thompson"]["energy_per_request_j"] / s["always_cloud"]["energy_per_request_j"])
+    assert all(m["horizon_s"] == r8["horizon_s"] for m in s.values())
+    paths = bench.write_outputs(res, str(tmp_path), figures=False)
+    assert "| oracle |" in bench.format_results(res)
+    assert (tmp_path / "edge_cloud.json").exists() and paths["json"]
+    c.strategies = "always_cloud,magic"
+    with pytest.raises(ValueError, match="'magic'"):
+        bench.run(c)
+    c.strategies = "always_cloud"
+    c.rates = "1,-2"
+    with pytest.raises(ValueError, match="rates must all be > 0"):
+        bench.run(c)
