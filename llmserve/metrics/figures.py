@@ -187,3 +187,16 @@ def make_doc_figures(results_dir: str, out_dir: str, only=None) -> dict:
         out[png] = draw(results, kind, os.path.join(out_dir, png)) or \
             f"{src} has no data for {kind} (rerun its command with the current code)"
     return out
+
+
+def collect(workdirs: dict[str, str], results_dir: str) -> dict:
+    """Copy each benchmark workdir's results.json to results_dir/<name>.json (the inputs
+    docs/figures are drawn from). -> {name: copied path}."""
+    os.makedirs(results_dir, exist_ok=True)
+    out = {}
+    for name, wd in workdirs.items():
+        src = os.path.join(wd, "results.json")
+        with open(src) as f:
+            results = json.load(f)
+        out[name] = report.write_json(os.path.join(results_dir, f"{name}.json"), results)
+    return out
