@@ -22,7 +22,9 @@ must be recomputed), and, for predicted_work, the sum of predicted remaining out
 
 The client's max_tokens: a router does not know a request's true length. Requests end at their
 trace length (ignore_eos + max_tokens, as in replay.py), but the router and the load it reads
-use min(client_max_tokens, max_model_len - prompt), at least the true length.
+use min(client_max_tokens, max_model_len - prompt), at least the true length. The load
+imbalance is measured on the true outstanding tokens (true output lengths), not on what the
+routers see.
 """
 from __future__ import annotations
 
@@ -157,7 +159,8 @@ class ClusterConfig:
 
 class Replica:
     __slots__ = ("id", "hardware", "sched", "runner", "num_kv_blocks", "pending", "next_t",
-                 "gen", "alive", "live_tokens", "pred_total", "num_dispatched", "num_finished")
+                 "gen", "alive", "live_tokens", "live_cap", "live_true", "out_made",
+                 "pred_total", "num_dispatched", "num_finished")
 
     def __init__(self, rid, hardware, sched, runner, num_kv_blocks):
         self.id = rid
@@ -170,6 +173,9 @@ class Replica:
         self.gen = 0                 # step events carry it; an older one is stale
         self.alive = True
         self.live_tokens = 0         # sum of prompt + client max_tokens of its live requests
+        self.live_cap = 0            # sum of client max_tokens of its live requests
+        self.live_true = 0           # sum of prompt + true output length of its live requests
+        self.out_made = 0            # output tokens its live requests made (predicted_work)
         self.pred_total = 0.0        # predicted remaining output tokens of its live requests
         self.num_dispatched = 0
         self.num_finished = 0
@@ -178,7 +184,8 @@ class Replica:
 @dataclasses.dataclass
 class ClusterResult:
     requests: dict              # arrays per finished request (+ 'replica', 'request' index)
-    samples: dict               # 't', 'outstanding' [T, N], 'requests' [T, N], 'alive' [T, N]
+    samples: dict               # 't', 'outstanding' [T, N] (true: with true output lengths),
+    #                             'requests' [T, N] (running + waiting), 'alive' [T, N]
     replicas: list              # per-replica dicts
     routers: list               # per-router dicts
     num_requests: int
@@ -230,6 +237,9 @@ class ClusterSim:
                                                  * 1_000_003 + k})
         self.routers = make_decision_points(config.placement, policy_for, self.live)
         self.track_pred = config.policy == "predicted_work"
+        # The true outstanding tokens per replica (true output lengths): what the load
+        # imbalance is measured on, whatever the routers see.
+        self.true_outstanding = np.zeros(len(self.replicas))
         for r in config.dead_replicas:
             self._mark_dead(r)
 
@@ -275,10 +285,18 @@ class ClusterSim:
         v.num_running[r] = len(s.running)
         v.num_waiting[r] = s.num_waiting
         # _kv_tokens: the computed tokens of its block-owning requests, kept by the scheduler.
-        v.outstanding_tokens[r] = rep.live_tokens - s._kv_tokens
+        kv = s._kv_tokens
+        out = rep.live_tokens - kv
+        v.outstanding_tokens[r] = out
+        self.true_outstanding[r] = rep.live_true - kv
         v.free_kv_blocks[r] = s.block_manager.num_free_blocks
         if self.track_pred:
             v.predicted_work[r] = rep.pred_total if rep.pred_total > 0 else 0.0
+            # Prompt tokens still to prefill: outstanding minus the output tokens still
+            # allowed (off by one per request past its first token; a preempted request's
+            # prompt counts again, as it must be recomputed).
+            pre = out - (rep.live_cap - rep.out_made)
+            v.prefill_tokens[r] = pre if pre > 0 else 0.0
 
     # ---- the run --------------------------------------------------------------------------
     def run(self, workload, *, rate_scale: float = 1.0, max_requests: int | None = None,
@@ -358,11 +376,13 @@ class ClusterSim:
             if w.prompt_text is not None:
                 req.prompt_text = w.prompt_text
             rep.live_tokens += w.prompt_len + cap
+            rep.live_cap += cap
+            rep.live_true += w.prompt_len + w.output_len
             rep.num_dispatched += 1
             if p is not None:
                 rep.pred_total += p
                 pred_rem[rid] = p
-            dp.note_dispatch(pos, w.prompt_len + cap, p or 0.0)
+            dp.note_dispatch(pos, w.prompt_len + cap, w.prompt_len, p or 0.0)
             dp.policy.on_dispatch(rr, pos)
             self._refresh(rep)
             if rep.pending is None and rep.next_t != t:
@@ -377,10 +397,13 @@ class ClusterSim:
                          q.finish_time, q.num_prompt_tokens, q.num_output_tokens,
                          q.num_preemptions, q.num_cached_tokens, rep.id, int(q.request_id)))
             rep.num_finished += 1
-            rep.live_tokens -= q.num_prompt_tokens + cap_of(q.num_prompt_tokens,
-                                                            q.sampling_params.max_tokens)
+            cap = cap_of(q.num_prompt_tokens, q.sampling_params.max_tokens)
+            rep.live_tokens -= q.num_prompt_tokens + cap
+            rep.live_cap -= cap
+            rep.live_true -= q.num_prompt_tokens + q.sampling_params.max_tokens
             if track_pred:
                 rep.pred_total -= pred_rem.pop(q.request_id, 0.0)
+                rep.out_made -= q.num_output_tokens
             routers[int(q.request_id) % nrouters].policy.on_finish(q.request_id, rep.id)
 
         def kill(r: int, t: float) -> None:
@@ -408,7 +431,7 @@ class ClusterSim:
                 counters["rerouted"] += 1
                 counters["pending_dispatch"] += 1
                 push(heap, (routers[k].admit(t), 1, next(seq), _DISPATCH, i, k))
-            rep.live_tokens = 0
+            rep.live_tokens = rep.live_cap = rep.live_true = rep.out_made = 0
             rep.pred_total = 0.0
             self._refresh(rep)
 
@@ -465,6 +488,7 @@ class ClusterSim:
                                     pred_rem[rid] = rem - d
                                     tot += d
                             rep.pred_total -= tot
+                            rep.out_made += len(rout.sampled)
                         if st.num_finished + st.num_aborted != ended:
                             for q in changed:
                                 if q.status > _PREEMPTED:
@@ -499,9 +523,13 @@ class ClusterSim:
                         push(heap, (t + period, 0, next(seq), _SNAP, x, 0))
                 elif kind == _SAMPLE:
                     sample_t.append(t)
-                    sample_out.append(view.outstanding_tokens.astype(np.float32))
+                    sample_out.append(self.true_outstanding.astype(np.float32))
                     sample_req.append((view.num_running + view.num_waiting).astype(np.int32))
                     sample_alive.append(view.alive.copy())
+                    # The schedulers' per-step records are not used here and would grow to
+                    # millions of rows on a large cluster.
+                    for rep in reps:
+                        rep.sched.step_records.rows.clear()
                     if i < n or counters["busy"] or counters["pending_dispatch"]:
                         push(heap, (t + cfg.sample_interval_s, 3, next(seq), _SAMPLE, 0, 0))
                 elif kind == _KILL:

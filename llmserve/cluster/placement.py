@@ -90,7 +90,8 @@ class DecisionPoint:
             # Own arrays; `alive` stays the live one (health is not what goes stale here).
             self.view = LoadView(lv.ids, lv.num_running.copy(), lv.num_waiting.copy(),
                                  lv.outstanding_tokens.copy(), lv.free_kv_blocks.copy(),
-                                 lv.total_kv_blocks, lv.predicted_work.copy(), lv.alive)
+                                 lv.total_kv_blocks, lv.predicted_work.copy(), lv.alive,
+                                 lv.prefill_tokens.copy())
             self.view.alive = lv.alive
         else:
             self.view = lv
@@ -118,15 +119,16 @@ class DecisionPoint:
     def refresh(self) -> None:
         lv, v = self.live.view, self.view
         for f in ("num_running", "num_waiting", "outstanding_tokens", "free_kv_blocks",
-                  "predicted_work"):
+                  "predicted_work", "prefill_tokens"):
             np.copyto(getattr(v, f), getattr(lv, f))
 
-    def note_dispatch(self, pos: int, tokens: float, predicted: float) -> None:
+    def note_dispatch(self, pos: int, tokens: float, prompt: float, predicted: float) -> None:
         """Local accounting: this router's own dispatch since its snapshot."""
         if self.stale and self.cfg.local_accounting:
             v = self.view
             v.num_waiting[pos] += 1
             v.outstanding_tokens[pos] += tokens
+            v.prefill_tokens[pos] += prompt
             v.predicted_work[pos] += predicted
 
 

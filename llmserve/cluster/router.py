@@ -37,6 +37,7 @@ class ReplicaState:
     total_kv_blocks: int = 1
     predicted_work: float = 0.0     # predicted remaining output tokens
     alive: bool = True
+    prefill_tokens: int = 0         # prompt tokens not yet prefilled (predicted_work adds them)
 
 
 @dataclasses.dataclass
@@ -50,10 +51,10 @@ class RouteRequest:
 class LoadView:
     """Replica states as arrays (position i = replica ids[i]). Policies read only this."""
     FIELDS = ("num_running", "num_waiting", "outstanding_tokens", "free_kv_blocks",
-              "total_kv_blocks", "predicted_work")
+              "total_kv_blocks", "predicted_work", "prefill_tokens")
 
     def __init__(self, ids, num_running, num_waiting, outstanding_tokens, free_kv_blocks,
-                 total_kv_blocks, predicted_work, alive):
+                 total_kv_blocks, predicted_work, alive, prefill_tokens=None):
         self.ids = np.asarray(ids, np.int64)
         self.num_running = np.asarray(num_running, np.float64)
         self.num_waiting = np.asarray(num_waiting, np.float64)
@@ -62,6 +63,8 @@ class LoadView:
         self.total_kv_blocks = np.asarray(total_kv_blocks, np.float64)
         self.predicted_work = np.asarray(predicted_work, np.float64)
         self.alive = np.asarray(alive, bool)
+        self.prefill_tokens = np.zeros(len(self.ids)) if prefill_tokens is None else \
+            np.asarray(prefill_tokens, np.float64)
 
     @classmethod
     def from_states(cls, states: Sequence[ReplicaState]) -> LoadView:
@@ -77,7 +80,8 @@ class LoadView:
         return [ReplicaState(int(self.ids[i]), int(self.num_running[i]),
                              int(self.num_waiting[i]), int(self.outstanding_tokens[i]),
                              int(self.free_kv_blocks[i]), int(self.total_kv_blocks[i]),
-                             float(self.predicted_work[i]), bool(self.alive[i]))
+                             float(self.predicted_work[i]), bool(self.alive[i]),
+                             int(self.prefill_tokens[i]))
                 for i in range(len(self))]
 
 
@@ -193,11 +197,14 @@ class KVAware(RouterPolicy):
 
 
 class PredictedWork(RouterPolicy):
-    """Least predicted remaining output tokens (the length predictor's sum per replica)."""
+    """Least predicted remaining work: the length predictor's remaining output tokens summed
+    over the replica's requests, plus its prompt tokens not yet prefilled. It is least_tokens
+    with each request's max_tokens replaced by its predicted length (no public router uses
+    predicted length)."""
     name = "predicted_work"
 
     def pick(self, req, view):
-        return _argmin_alive(view.predicted_work, view.alive)
+        return _argmin_alive(view.predicted_work + view.prefill_tokens, view.alive)
 
 
 # ---- prefix affinity -------------------------------------------------------------------------

@@ -125,12 +125,18 @@ def test_stale_views_herd_without_local_accounting():
 
 
 def test_load_view_tracks_outstanding_tokens():
-    # Two requests on one replica, the router's view after they are dispatched and after all
-    # finished: prompt + client max_tokens, then zero.
+    # Two requests on one replica: after dispatch the router sees prompt + client max_tokens,
+    # the load samples hold the true work (prompt + true output); after all finished, zero.
     wl = [WorkloadRequest(0.0, 100, 10), WorkloadRequest(0.0, 50, 20)]
+    sim = ClusterSim(cfg(replicas="h100-80gb:1", policy="predicted_work", client_max_tokens=64,
+                         time_limit_s=1e-9))
+    sim.run(wl)
+    v = sim.live.view
+    assert v.outstanding_tokens[0] == (100 + 64) + (50 + 64)
+    assert v.prefill_tokens[0] == 150 and v.predicted_work[0] == 30     # oracle predictor
     sim = ClusterSim(cfg(replicas="h100-80gb:1", policy="round_robin", client_max_tokens=64))
     res = sim.run(wl)
-    assert res.samples["outstanding"][0, 0] == (100 + 64) + (50 + 64)
+    assert res.samples["outstanding"][0, 0] == (100 + 10) + (50 + 20)
     v = sim.live.view
     assert v.outstanding_tokens[0] == 0 and v.num_running[0] == 0 and v.num_waiting[0] == 0
 

@@ -76,6 +76,9 @@ def test_predicted_work_least_predicted():
     p = make_policy("predicted_work")
     s = states(predicted_work=[100.0, 20.5, 40.0], outstanding_tokens=[0, 900, 0])
     assert p.choose(req(), s) == 1
+    # Prompt tokens still to prefill count too: 20.5 + 30 > 40 + 0.
+    s = states(predicted_work=[100.0, 20.5, 40.0], prefill_tokens=[0, 30, 0])
+    assert p.choose(req(), s) == 2
 
 
 def test_power_of_two():
@@ -157,5 +160,5 @@ def test_prefix_hashes_agree_with_a_replica_prefix_cache():
 def test_load_view_round_trip():
     s = states(num_running=[1, 2], num_waiting=[3, 4], outstanding_tokens=[5, 6],
                free_kv_blocks=[7, 8], total_kv_blocks=[9, 10], predicted_work=[1.5, 2.5],
-               alive=[True, False])
+               alive=[True, False], prefill_tokens=[11, 12])
     assert LoadView.from_states(s).states() == s
