@@ -287,10 +287,59 @@ else:
     print("skipped on CPU (interpret mode measures Python, not the kernel)")'''),
 ]
 
+CLUSTER = [
+    md("# Routing across replicas\n\nThe cluster simulator: N replicas, each the real "
+       "`Scheduler` with a cost-model runner, on one virtual clock, behind a router. First every "
+       "router policy on 8 H100 replicas (Llama-3-8B shapes, Azure conversation lengths near "
+       "capacity), centralized and distributed routing; then 8 to 64 replicas. "
+       "`scripts/cluster_bench.py` runs the same from the command line "
+       "(`configs/cluster_bench.py`)."),
+    code(SETUP),
+    md("## Every policy on 8 replicas\nCentralized: one router with fresh load. Distributed: "
+       "several routers, each with a load snapshot up to `placement.staleness_s` old."),
+    code('''\
+from IPython.display import Image, display
+from configs import cluster_bench as cluster_config
+from llmserve.cluster import bench as cluster_bench
+
+cc = cluster_config.get_config()
+cc.workload.kind = "azure_resampled"     # the trace's length pairs, Poisson arrivals
+cc.workload.path = os.path.join(DATA, "azure_conv_2023.csv")   # absent: a fitted stand-in
+cc.workload.duration_s = 4.0 if SMALL else 30.0
+cc.cluster.replicas = "h100-80gb:8"
+res8 = cluster_bench.run(cc)
+print(cluster_bench.format_results(res8))'''),
+    code('''\
+paths = cluster_bench.write_outputs(res8, "results/nb_cluster8")
+for k in ("latency_cdfs_centralized", "latency_cdfs_distributed", "replica_load"):
+    display(Image(paths[k]))'''),
+    md("## 8 to 64 replicas\nThe offered load grows with the cluster (`rate_per_replica`), so a "
+       "policy that balances well keeps p99 TTFT flat as replicas are added."),
+    code('''\
+from llmserve.metrics import report
+
+points = {}
+for n in (8, 16, 32, 64):
+    c = cc.copy_and_resolve_references()
+    c.cluster.replicas = f"h100-80gb:{n}"
+    c.workload.duration_s = 2.0 if SMALL else 15.0
+    c.policies, c.placements = "round_robin,least_tokens,power_of_two", "centralized"
+    r = cluster_bench.run(c)
+    for name, m in r["rows"].items():
+        points.setdefault(name.split("/")[0], []).append((n, m))
+        print(f"{n:3d} replicas {name:28s} p99 TTFT {m['ttft_p99_s']:.3f} s, "
+              f"load CV {m['load_cv_mean']:.3f}, goodput {m['goodput_rps']:.1f} req/s")
+report.plot_sweep(points, "results/nb_cluster_scale.png", "replicas",
+                  slo_ttft_s=cc.slo.ttft_s, slo_tpot_s=cc.slo.tpot_s, logx=True,
+                  title="H100 replicas, Llama-3-8B, Azure lengths")
+display(Image("results/nb_cluster_scale.png"))'''),
+]
+
 NOTEBOOKS = {
     "01_quickstart.ipynb": QUICKSTART,
     "02_scheduling_policies.ipynb": POLICIES,
     "03_length_predictor.ipynb": PREDICTOR,
+    "04_cluster.ipynb": CLUSTER,
     "05_kernels_gpu.ipynb": KERNELS,
 }
 

@@ -20,7 +20,7 @@ COLAB = os.path.join(ROOT, "colab")
 NOTEBOOKS = sorted(os.path.basename(p) for p in glob.glob(os.path.join(COLAB, "*.ipynb")))
 SLOW = {"02_scheduling_policies.ipynb", "03_length_predictor.ipynb", "04_cluster.ipynb"}
 EXPECTED = {"01_quickstart.ipynb", "02_scheduling_policies.ipynb",
-            "03_length_predictor.ipynb", "05_kernels_gpu.ipynb"}
+            "03_length_predictor.ipynb", "04_cluster.ipynb", "05_kernels_gpu.ipynb"}
 
 
 def test_every_notebook_is_there():
@@ -82,7 +82,7 @@ def test_notebook_runs(name):
                                          "shortest_first"],
         "03_length_predictor.ipynb": ["noise_floor", "constant", "coverage by nominal",
                                       "checkpoint:"],
-        "04_cluster.ipynb": ["replicas"],
+        "04_cluster.ipynb": ["power_of_two/distributed", "64 replicas"],
         "05_kernels_gpu.ipynb": ["backend:"],
     }.get(name, [])
     for s in landmarks:
