@@ -25,6 +25,11 @@ def get_config():
     c.max_prompt_tokens = 0             # longer prompts get 400 (0 = only max_model_len)
     c.max_stop = 8                      # most stop strings per request
     c.max_waiting_requests = 1024       # scheduler waiting-queue bound: 429 beyond (0 = none)
+    c.num_replicas = 0                  # 0: one engine in this process; N >= 1: N Ray actor
+    #                                     replicas behind a router (llmserve.cluster.ray_backend)
+    c.router_policy = "least_tokens"    # with num_replicas >= 1: a llmserve.cluster.router policy
+    c.num_gpus_per_replica = 0.0        # Ray GPUs per replica (engine.tensor_parallel_size on
+    #                                     GPUs, 0 on a CPU machine)
     c.shutdown_grace_s = 30.0           # SIGTERM: in-flight requests may finish for this long
     c.backlog = 2048                    # listen backlog (500+ clients connect at once)
     c.log_level = "info"                # uvicorn log level

@@ -20,6 +20,12 @@ def build_engine_client(cfg):
     from llmserve.server.async_engine import AsyncLLMEngine
     ec = EngineConfig.from_dict(cfg.engine)
     name = cfg.served_model_name or os.path.basename(os.path.normpath(ec.model))
+    if cfg.get("num_replicas", 0):
+        # N replicas on Ray behind the router in this process (the same EngineClient contract).
+        from llmserve.cluster.ray_backend import RayRouter, RayRouterClient
+        router = RayRouter(ec, cfg.num_replicas, cfg.router_policy,
+                           num_gpus_per_replica=cfg.num_gpus_per_replica)
+        return RayRouterClient(router, name, max_waiting_requests=cfg.max_waiting_requests), ec
     return AsyncLLMEngine(LLMEngine(ec), name, max_waiting_requests=cfg.max_waiting_requests), ec
 
 

@@ -152,3 +152,18 @@ def test_killed_replica_loses_no_request(router):
     after = router.generate(prompts[:2], SamplingParams(max_tokens=5, temperature=0.0))
     assert [o.token_ids for o in after] == _oracle(prompts[:2], SamplingParams(
         max_tokens=5, temperature=0.0))
+
+
+def test_serve_config_knob_builds_the_router_client():
+    # No Ray needed: the actors start in the server's lifespan (client.start()).
+    from llmserve.cluster.ray_backend import RayRouterClient
+    from llmserve.config import load_config
+    from llmserve.server.launch import build_engine_client
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "serve.py")
+    cfg = load_config(path, {"num_replicas": 3, "router_policy": "prefix_aware"})
+    client, _ = build_engine_client(cfg)
+    assert isinstance(client, RayRouterClient)
+    assert client.router.num_replicas == 3 and client.router.policy.name == "prefix_aware"
+    assert client.router.policy.block_size == cfg.engine.block_size
+    with pytest.raises(ValueError, match="num_replicas"):
+        build_engine_client(load_config(path, {"num_replicas": -1}))
