@@ -13,7 +13,7 @@ FIND_PYTHON := for p in python3.13 python3.12; do \
 	  if $$p -c 'import sys; assert sys.version_info >= (3, 12)' >/dev/null 2>&1; then echo $$p; exit 0; fi; done; \
 	exit 1
 
-.PHONY: install install-dev demo test test-all lint clean
+.PHONY: install install-dev demo test test-all lint docs clean
 
 $(PY):
 	@py=$$($(FIND_PYTHON)) || { echo "error: llmserve needs Python >= 3.12; none found on PATH (python3.12, python3.13) or under pyenv. Install one, e.g. 'pyenv install 3.12'." >&2; exit 1; }; \
@@ -43,6 +43,13 @@ test-all: $(DEV_STAMP)
 
 lint: $(DEV_STAMP)
 	$(PY) -m ruff check llmserve pallas_kernels scripts tests configs
+
+# Regenerate what is generated: docs/CONFIGS.md (from configs/), docs/figures (from the JSON in
+# docs/results), colab/*.ipynb (outputs stripped).
+docs: $(DEV_STAMP)
+	$(PY) scripts/make_configs_doc.py
+	$(PY) scripts/make_figures.py
+	$(PY) scripts/make_notebooks.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache
