@@ -65,3 +65,13 @@ def test_doc_figures_from_json(tmp_path):
     with pytest.raises(ValueError, match="figure kind"):
         figures.draw(_results(), "nope", str(tmp_path / "x.png"))
     assert figures.draw({"config": {}}, "rate_sweep", str(tmp_path / "x.png")) is None
+
+
+def test_every_doc_figure_has_its_json_and_a_recipe():
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    pngs = {f for f in os.listdir(os.path.join(root, "docs", "figures")) if f.endswith(".png")}
+    assert pngs <= set(figures.DOC_FIGURES), \
+        f"docs/figures has PNGs no recipe draws: {sorted(pngs - set(figures.DOC_FIGURES))}"
+    for png, (src, kind) in figures.DOC_FIGURES.items():
+        assert kind in figures.BENCHMARK_FIGURES, png
+        assert os.path.exists(os.path.join(root, "docs", "results", src)), (png, src)
