@@ -16,13 +16,14 @@ SETUP = '''\
 # Set-up. On Colab: clone the repository and install it. Locally: run Jupyter with the
 # repository's venv (`make install-dev`, then `.venv/bin/jupyter` or the kernel of .venv);
 # nothing is installed. Either way the working directory becomes the repository root.
-import os, subprocess, sys
+import os, shutil, subprocess, sys
 REPO_URL = os.environ.get("LLMSERVE_REPO", "https://github.com/llmserve/llmserve.git")
 if "google.colab" in sys.modules:
     if not os.path.isdir("/content/llmserve"):
         subprocess.run(["git", "clone", "--depth=1", REPO_URL, "/content/llmserve"], check=True)
     os.chdir("/content/llmserve")
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "."], check=True)
+    extras = ".[cuda12]" if shutil.which("nvidia-smi") else "."    # GPU runtime: CUDA jax
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", extras], check=True)
 else:
     here = os.path.abspath(os.getcwd())    # colab/ or the repository root
     while not os.path.exists(os.path.join(here, "setup.py")) and os.path.dirname(here) != here:
