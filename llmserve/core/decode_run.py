@@ -1,19 +1,19 @@
-"""Runs of identical decode steps, applied at once (the simulator's fast path).
+"""Runs of decode steps, applied at once (the simulator's fast path).
 
-Most steps of a trace simulation are pure decode: every running request gets one token, nothing
-waits, nothing finishes. While that holds nothing the scheduler decides can differ from one
-step to the next, except which blocks the requests grow into; so `Scheduler.plan_decode_run`
-checks that the next steps are such steps and how many there can be, and
-`Scheduler.apply_decode_run` applies them as `schedule()` + `update_from_output()` would, step
-by step in effect: every token with its own time, every step its StepRecord, block growth and
-prefix-cache registration in the same order (so the same blocks, evictions and hashes).
+Most steps of a trace simulation are pure decode: every running request gets one token and
+nothing waits. While nothing waits, nothing the scheduler decides can differ from one step to
+the next except which blocks the requests grow into and which of them finish; both follow
+from the requests' lengths. So `Scheduler.plan_decode_run` checks that the next steps are such
+steps and how many there can be, and `Scheduler.apply_decode_run` applies them as
+`schedule()` + `update_from_output()` would, step by step in effect: every token with its own
+time, every step its StepRecord, block growth, prefix-cache registration and finishes in the
+same order (so the same blocks, evictions, hashes and free-list order).
 
 A run ends before the first step that could differ if the driver did nothing in between: a
-request would finish (its last token is left to an ordinary step), a block could not be had
-(the ordinary step preempts). The driver (workload/replay.py) also ends it before an arrival or
-the time cap. Conditions for a run at all: continuous batching, nothing waiting or arriving,
-every running request decoding (one token to compute), within the token budget, no logprobs,
-the runner's token stopping nobody.
+block that could not be had (the ordinary step preempts), or nobody left. The driver
+(workload/replay.py) also ends it before an arrival or the time cap. Conditions for a run at
+all: continuous batching, nothing waiting or arriving, every running request decoding (one
+token to compute), within the token budget, no logprobs, the runner's token stopping nobody.
 """
 from __future__ import annotations
 
@@ -22,20 +22,24 @@ import time
 from llmserve.core.request import RequestStatus
 
 _RUNNING = RequestStatus.RUNNING
+_PREEMPTED = RequestStatus.PREEMPTED
 
 
 class DecodeRun:
-    """What plan_decode_run found: `num_steps` steps of `num_seqs` decode rows whose
-    contexts add up to `context` in the first step (and grow by num_seqs a step)."""
-    __slots__ = ("reqs", "num_seqs", "context", "num_steps", "events", "token")
+    """What plan_decode_run found: up to `num_steps` steps; the first has `num_seqs` one-token
+    rows whose contexts (the new token included) add up to `context`. Each step every row's
+    context grows by one; `finishes[j] = (rows, their contexts)` leave after step j."""
+    __slots__ = ("reqs", "num_seqs", "context", "num_steps", "finishes", "events", "token")
 
-    def __init__(self, reqs, context, num_steps, events, token):
+    def __init__(self, reqs, context, num_steps, finishes, events, token):
         self.reqs = reqs
         self.num_seqs = len(reqs)
         self.context = context
         self.num_steps = num_steps
-        # Sorted (step, phase, request index): phase 0 = a new block at that step's schedule,
-        # phase 1 = full blocks offered to the prefix cache at its update.
+        self.finishes = finishes
+        # Sorted (step, phase, request index, kind): phase 0 = schedule (kind 0: a new
+        # block), phase 1 = update (kind 0: full blocks offered to the prefix cache, kind 1:
+        # the request's last token, it finishes).
         self.events = events
         self.token = token
 
@@ -45,58 +49,78 @@ def plan(sched, token: int, max_steps: int) -> DecodeRun | None:
     running = sched.running
     if (cfg.batching != "continuous" or not running or sched._arrivals or len(sched.waiting)
             or len(running) > cfg.max_num_batched_tokens or sched._pending is not None
-            or sched._scheduled):
+            or sched._scheduled or max_steps < 1):
         return None
     bs = cfg.block_size
     caching = cfg.enable_prefix_caching
-    steps = max_steps
     context = 0
+    longest = 0
     for req in running:
         c = req.num_computed_tokens
-        left = req.max_num_tokens - len(req.token_ids)   # steps until (and with) its last
         if (c != len(req.token_ids) - 1 or req.status is not _RUNNING
                 or token in req.stop_ids or req.sampling_params.logprobs
                 or (caching and req.num_hashed_blocks != c // bs)):
             return None
-        if left - 1 < steps:
-            steps = left - 1
-            if steps < 1:
-                return None
+        left = req.max_num_tokens - len(req.token_ids)  # its steps, the finishing one included
+        if left > longest:
+            longest = left
         context += c + 1
+    steps = min(max_steps, longest)
     events = []
     add = events.append
+    finishes = {}
     for i, req in enumerate(running):
         c = req.num_computed_tokens
+        last = req.max_num_tokens - len(req.token_ids) - 1     # the step it finishes in
+        end = min(steps, last + 1)
         # Step j computes position c + j; it needs a new block when that is the first slot
         # past the blocks it has.
         j = len(req.block_ids) * bs - c
         if j < 0:
             return None
-        while j < steps:
-            add((j, 0, i))
+        while j < end:
+            add((j, 0, i, 0))
             j += bs
         if caching:
             j = -(c + 1) % bs           # the step after which a block is full
-            while j < steps:
-                add((j, 1, i))
+            while j < end:
+                add((j, 1, i, 0))
                 j += bs
+        if last < steps:
+            add((last, 1, i, 1))
+            f = finishes.get(last)
+            ctx = c + last + 1
+            finishes[last] = (1, ctx) if f is None else (f[0] + 1, f[1] + ctx)
     events.sort()
+    # Blocks: every growth must find one (else that step preempts: the run stops before it).
+    # A finish gives back the blocks only it holds (shared prefix blocks may stay owned).
     bm = sched.block_manager
     free = bm.num_free_blocks
+    grown = None
     for e in events:
         if e[1] == 0:
             free -= 1
-            if free < 0:            # this step would preempt: the run stops before it
+            if free < 0:
                 steps = e[0]
                 if steps < 1:
                     return None
                 break
-    return DecodeRun(list(running), context, steps, events, token)
+            if grown is None:
+                grown = [0] * len(running)
+            grown[e[2]] += 1
+        elif e[3] == 1:
+            i = e[2]
+            blocks = running[i].block_ids
+            ref = bm.ref_counts
+            free += (grown[i] if grown is not None else 0) + (
+                len(blocks) if not caching else sum(1 for b in blocks if ref[b] == 1))
+    return DecodeRun(list(running), context, steps, finishes, events, token)
 
 
-def apply(sched, run: DecodeRun, starts: list[float], ends: list[float]) -> list[int]:
+def apply(sched, run: DecodeRun, starts: list[float], ends: list[float]):
     """Apply the run's first len(starts) steps; step j scheduled at starts[j], its tokens
-    at ends[j]. Returns the KV blocks in use after each step."""
+    at ends[j]. Returns (finished requests in the order they finished, and per step: the KV
+    blocks in use when it ran, the running requests' blocks and computed tokens after it)."""
     t0 = time.perf_counter_ns()
     k = len(starts)
     if not 1 <= k <= run.num_steps or len(ends) != k:
@@ -104,67 +128,92 @@ def apply(sched, run: DecodeRun, starts: list[float], ends: list[float]) -> list
                          f"start, got {k} starts and {len(ends)} ends")
     bm = sched.block_manager
     reqs = run.reqs
-    nseq = run.num_seqs
-    fill = [run.token] * k
+    token = run.token
     computed0 = [r.num_computed_tokens for r in reqs]
-    for r in reqs:
-        r.token_ids += fill
-        r.token_times += ends
+    blocks_run = comp_run = 0
+    for r, c in zip(reqs, computed0):
+        n = r.max_num_tokens - len(r.token_ids)      # its steps, the finishing one included
+        if n >= k:
+            r.token_ids += [token] * k
+            r.token_times += ends
+        else:
+            r.token_ids += [token] * n
+            r.token_times += ends[:n]
         if r.first_token_time is None:
             r.first_token_time = ends[0]
-    # Blocks in use and cached-free after each step, with the block events in order.
-    used = bm.num_used_blocks
-    cached_free = bm.num_cached_free_blocks
-    used_after = []
-    cached_after = []
-    j = 0
-    for step, phase, i in run.events:
-        if step >= k:
-            break
-        while j < step:
-            used_after.append(used)
-            cached_after.append(cached_free)
-            j += 1
-        r = reqs[i]
-        if phase == 0:
-            if not bm.num_free_blocks:
-                raise AssertionError("decode run planned a block that is not there")
-            if not bm._free:
-                cached_free -= 1
-            r.block_ids.append(bm.take_block())
-            used += 1
-        else:
-            r.num_computed_tokens = computed0[i] + step + 1
-            bm.cache_full_blocks(r)
-    while j < k:
-        used_after.append(used)
-        cached_after.append(cached_free)
-        j += 1
-    for r, c in zip(reqs, computed0):
-        r.num_computed_tokens = c + k
-    # What schedule() / _record() / update_from_output() keep per step.
+        blocks_run += len(r.block_ids)
+        comp_run += c
     bs = sched.config.block_size
     st = sched.stats
-    shared = bm.num_shared_refs * bs
-    kv = sched._kv_tokens
     hits = st.num_cache_hit_tokens
     step_id = sched._step_id
     rows = sched.step_records.rows
-    reserved = used_slots = 0
-    ns = (time.perf_counter_ns() - t0) // k
+    events = run.events
+    ne = len(events)
+    e = 0
+    nseq = run.num_seqs
+    kv = sched._kv_tokens
+    used = bm.num_used_blocks
+    cached_free = len(bm._cached_free)
+    shared = bm.num_shared_refs * bs
+    finished = []
+    per_step = []
+    reserved = used_slots = tokens = 0
+    free = bm._free
     for j in range(k):
+        while e < ne and events[e][0] == j and events[e][1] == 0:     # schedule: growth
+            r = reqs[events[e][2]]
+            if not free:
+                cached_free -= 1
+            r.block_ids.append(bm.take_block())
+            used += 1
+            blocks_run += 1
+            e += 1
+        used_then = used
         kv += nseq
-        u = used_after[j]
-        reserved += u * bs
+        comp_run += nseq
+        ran = nseq
+        tokens += nseq
+        if sched._finished_ids:         # handed to the runner by this step's schedule()
+            sched._finished_ids = []
+        while e < ne and events[e][0] == j:                             # update
+            _, _, i, kind = events[e]
+            r = reqs[i]
+            r.num_computed_tokens = c = computed0[i] + j + 1
+            if kind == 0:
+                bm.cache_full_blocks(r)
+            else:
+                blocks_run -= len(r.block_ids)
+                comp_run -= c
+                kv -= c
+                status = sched._stop_status(r, token)
+                if status is None:
+                    raise AssertionError(f"decode run: {r.request_id} planned to finish")
+                sched._finish(r, status, ends[j])
+                finished.append(r)
+                nseq -= 1
+                used = bm.num_used_blocks
+                cached_free = len(bm._cached_free)
+                shared = bm.num_shared_refs * bs
+            e += 1
+        reserved += used * bs
         used_slots += kv - shared
-        rows.append((step_id + j + 1, starts[j], nseq, nseq, 0, nseq, 0, u, cached_after[j],
-                     kv - shared, 0, hits, ns, 0))
+        rows.append((step_id + j + 1, starts[j], ran, ran, 0, nseq, 0, used, cached_free,
+                     kv - shared, 0, hits, 0, 0))
+        per_step.append((used_then, blocks_run, comp_run))
+    for r, c in zip(reqs, computed0):
+        if r.status is _RUNNING:
+            r.num_computed_tokens = c + k
+    if finished:
+        sched.running = [r for r in sched.running if r.status <= _PREEMPTED]
     sched._kv_tokens = kv
     sched._step_id = step_id + k
-    sched._finished_ids = []
     st.kv_reserved_slots += reserved
     st.kv_used_slots += used_slots
     st.num_steps += k
-    st.num_scheduled_tokens += k * nseq
-    st.schedule_ns += time.perf_counter_ns() - t0
-    return used_after
+    st.num_scheduled_tokens += tokens
+    dt = time.perf_counter_ns() - t0
+    st.schedule_ns += dt
+    # The run's scheduler time goes to its first step's record (the records still add up).
+    rows[-k] = rows[-k][:12] + (dt, 0)
+    return finished, per_step

@@ -594,15 +594,16 @@ class Scheduler:
             self.stats.num_finished += 1
 
     # ---- runs of identical decode steps (core/decode_run.py) -----------------------------
-    def plan_decode_run(self, token: int, max_steps: int = 256):
+    def plan_decode_run(self, token: int, max_steps: int = 1024):
         """The DecodeRun that the next steps are (at most max_steps), or None: steps in which
-        every running request decodes one token and the schedule cannot change, provided
-        nothing arrives or is aborted meanwhile and the runner samples `token`."""
+        every running request decodes one token until it finishes, provided nothing arrives
+        or is aborted meanwhile and the runner samples `token`."""
         return decode_run.plan(self, token, max_steps)
 
-    def apply_decode_run(self, run, starts: list[float], ends: list[float]) -> list[int]:
+    def apply_decode_run(self, run, starts: list[float], ends: list[float]):
         """Apply a planned run's first len(starts) steps as schedule(starts[j]) +
-        update_from_output(..., ends[j]) would; returns the KV blocks in use after each."""
+        update_from_output(..., ends[j]) would; returns (the requests that finished, per
+        step (KV blocks in use, running requests' blocks, their computed tokens))."""
         return decode_run.apply(self, run, starts, ends)
 
     # ---- invariants (tests) ---------------------------------------------------------------

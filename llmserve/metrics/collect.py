@@ -80,7 +80,11 @@ class StepRecords:
 
     def arrays(self) -> dict[str, np.ndarray]:
         if self.rows:
-            table = np.asarray(self.rows, np.float64)
+            # fromiter over the flattened rows: about twice as fast as asarray(rows), which
+            # a whole-trace simulation (~460,000 rows) felt.
+            n = len(self.FIELDS)
+            table = np.fromiter(itertools.chain.from_iterable(self.rows), np.float64,
+                                len(self.rows) * n).reshape(-1, n)
             out = {f: table[:, k].copy() for k, f in enumerate(self.FIELDS)}
         else:
             out = {f: np.zeros(0) for f in self.FIELDS}

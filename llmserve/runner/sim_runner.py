@@ -37,23 +37,24 @@ class SimRunner:
         """Whether decode_run() applies: the cost model counts rows, not padded buckets."""
         return self.cost_model.buckets is None
 
-    def decode_run(self, num_seqs: int, context: int, t: float, max_steps: int,
-                   until: float = math.inf, may_start=None) -> tuple[list, list, list, list]:
-        """Execute up to max_steps decode steps of a Scheduler.plan_decode_run run from clock
-        time t: step j has num_seqs one-token rows with contexts adding up to
-        context + j * num_seqs. Step j > 0 starts only at a time before `until` for which
-        may_start (if given) is true.
-        Returns (starts, step times, ends, counts), one entry per step taken; ends are
-        t + the step times added one at a time, as a clock stepped by execute() reads."""
+    def decode_run(self, run, t: float, until: float = math.inf, may_start=None,
+                   max_steps: int | None = None) -> tuple[list, list, list, list]:
+        """Execute the steps of a Scheduler.plan_decode_run run from clock time t (at most
+        max_steps): each step's rows decode one token; step j > 0 starts only at a time
+        before `until` for which may_start (if given) is true. Returns (starts, step times,
+        ends, counts), one entry per step taken; ends are t + the step times added one at a
+        time, as a clock stepped by execute() reads them."""
         cm = self.cost_model
         decode_counts = cm.decode_counts
         time_from_counts = cm.time_from_counts
+        nseq, context, finishes = run.num_seqs, run.context, run.finishes
+        n = run.num_steps if max_steps is None else min(max_steps, run.num_steps)
         starts, dts, ends, counts = [], [], [], []
         busy = self.busy_s
-        for j in range(max_steps):
+        for j in range(n):
             if j and (t >= until or may_start is not None and not may_start(t)):
                 break
-            c = decode_counts(num_seqs, context)
+            c = decode_counts(nseq, context)
             dt = time_from_counts(c)
             starts.append(t)
             t += dt
@@ -61,7 +62,11 @@ class SimRunner:
             dts.append(dt)
             counts.append(c)
             busy += dt
-            context += num_seqs
+            f = finishes.get(j)
+            if f is not None:
+                nseq -= f[0]
+                context -= f[1]
+            context += nseq
         if counts:
             self.busy_s = busy
             self.num_steps += len(counts)

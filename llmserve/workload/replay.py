@@ -61,36 +61,39 @@ def _set_true_length(req, n: int) -> None:
             return
 
 
+def _steps_until(gap: float, step_rows: list, most: int = 1024) -> int:
+    """Steps worth planning for a decode run: about those that fit before the next arrival,
+    judged by the last step's time (a shorter plan only means another run after it)."""
+    dt = step_rows[-1][1] if step_rows else 0.0
+    if dt <= 0 or gap >= most * dt:
+        return most
+    return int(gap / dt * 1.25) + 2
+
+
 def _decode_run(engine, runner, recorder, run, clock, kv_sample_every, until,
-                may_start) -> None:
+                may_start) -> list:
     """Take the steps of a planned decode run that start before the next arrival (or the
     time cap), with every record a step-by-step run leaves: the scheduler's (apply), the
-    recorder's rows and KV samples, the engine's step times, the clock."""
-    sched = engine.scheduler
-    starts, dts, ends, counts = runner.decode_run(run.num_seqs, run.context, clock.t,
-                                                  run.num_steps, until, may_start)
-    bs = sched.config.block_size
-    reserved0 = used_tokens = 0
-    for r in run.reqs:
-        reserved0 += len(r.block_ids)
-        used_tokens += r.num_computed_tokens
-    used0 = sched.block_manager.num_used_blocks
-    used = sched.apply_decode_run(run, starts, ends)
-    nseq = run.num_seqs
+    recorder's rows and KV samples, the engine's step times, the clock. Returns the
+    requests that finished, in order."""
+    starts, dts, ends, counts = runner.decode_run(run, clock.t, until, may_start)
+    finished, per_step = engine.scheduler.apply_decode_run(run, starts, ends)
+    bs = engine.scheduler.config.block_size
     records = recorder.records
     rows = records.rows
     append = rows.append
     step_times = engine.step_times
     for j, c in enumerate(counts):
-        u = used[j]
-        append((starts[j], dts[j], nseq, 0, nseq, u, 0, c[0] + c[2], c[1] + c[3]))
+        used, blocks, computed = per_step[j]
+        append((starts[j], dts[j], c[4], 0, c[4], used, 0, c[0] + c[2], c[1] + c[3]))
         step_times.append(ends[j] - starts[j])
-        used_tokens += nseq
         if len(rows) % kv_sample_every == 0:    # recorder.sample_kv() after this step
-            reserved = (reserved0 + u - used0) * bs
-            records.kv_reserved_slots.append(reserved)
-            records.kv_used_slots.append(min(used_tokens, reserved))
+            records.kv_reserved_slots.append(blocks * bs)
+            records.kv_used_slots.append(min(computed, blocks * bs))
     clock.t = ends[-1]
+    if finished and engine._trace_log is not None:
+        engine._log_finished(finished)
+    return finished
 
 
 def prepare(workload: list[WorkloadRequest], *, rate_scale: float = 1.0,
@@ -198,11 +201,16 @@ def replay(engine, workload: list[WorkloadRequest], *, rate_scale: float = 1.0,
                     active[rid] = req
                 i += 1
             if has_unfinished():
-                if decode_runs and (run := sched.plan_decode_run(filler)) is not None:
+                if decode_runs and (run := sched.plan_decode_run(
+                        filler, _steps_until(due[i] - now if i < n else math.inf,
+                                             step_rows))) is not None:
                     # Steps start before the next arrival and the time cap, as at the top
                     # of this loop.
-                    _decode_run(engine, inner_runner, recorder, run, clock, kv_sample_every,
-                                due[i] if i < n else math.inf, in_time)
+                    for r in _decode_run(engine, inner_runner, recorder, run, clock,
+                                         kv_sample_every, due[i] if i < n else math.inf,
+                                         in_time):
+                        records.add(r)
+                        del active[r.request_id]
                     if time.perf_counter() >= next_log:
                         next_log += progress_every_s
                         log.info("%s t=%.1fs arrived %d/%d finished %d running %d waiting %d",
@@ -243,8 +251,11 @@ def replay(engine, workload: list[WorkloadRequest], *, rate_scale: float = 1.0,
     finally:
         engine.runner = inner_runner
         if gc_was_enabled:
-            gc.enable()
+            # The run's objects, all still in the young generation, go to the oldest with
+            # the frozen ones: else the first collection after enable() walks all of them.
+            gc.freeze()
             gc.unfreeze()
+            gc.enable()
     end = clock()
     for rid in list(active):
         if engine.abort(rid) is not None:

@@ -33,10 +33,14 @@ def _run(wl, fast, policy="chunked", kv_blocks=4096, budget=512, time_limit=None
     sched.add_request = lambda req: (kept.append(req), add(req))[1]
     plans = []
     if fast:
-        plan = sched.plan_decode_run
+        plan, apply = sched.plan_decode_run, sched.apply_decode_run
         sched.plan_decode_run = lambda *a: plans.append(plan(*a)) or plans[-1]
+        # Spied: how many steps each run took and how many requests finished inside it.
+        sched.apply_decode_run = lambda run, s, e: (
+            lambda out: runs.append((len(s), len(out[0]))) or out)(apply(run, s, e))
+    runs = []
     res = replay(eng, wl, seed=3, time_limit_s=time_limit, fast_decode=fast)
-    return eng, res, kept, [p for p in plans if p is not None]
+    return eng, res, kept, runs
 
 
 def _state(eng, res, kept):
@@ -57,7 +61,8 @@ def _state(eng, res, kept):
     arrays.update({f"step.{k}": v for k, v in res.steps.items()})
     scalars = (res.start, res.end, res.num_requests, res.num_rejected, res.num_aborted,
                res.scheduler_steps, res.preemptions, sched._step_id, sched._kv_tokens,
-               eng.runner.busy_s, eng.runner.num_steps, eng.runner.last_counts)
+               eng.runner.busy_s, eng.runner.num_steps, eng.runner.last_counts,
+               list(sched._finished_ids), [r.request_id for r in sched.running])
     return st, reqs, rows, pool, arrays, scalars, list(eng.step_times)
 
 
@@ -74,9 +79,11 @@ def _compare(wl, min_run_steps=1, **kw):
                 np.testing.assert_array_equal(a[k], b[k], err_msg=k)
         else:
             assert a == b, name
-    # The fast path really ran (else this compares the slow path with itself).
+    # The fast path really ran (else this compares the slow path with itself), and
+    # requests finished inside runs.
     if min_run_steps:
-        assert plans and max(p.num_steps for p in plans) >= min_run_steps
+        assert max(steps for steps, _ in plans) >= min_run_steps
+        assert sum(done for _, done in plans) > 0
     return slow, plans
 
 
@@ -101,6 +108,17 @@ def test_preemption_pressure():
     # A pool of 120 blocks for up to 44 blocks per request: decode runs end where a block
     # cannot be had, and the ordinary step preempts.
     st, plans = _compare(_wl(60, 200.0, seed=2), kv_blocks=120)
+    assert st[0]["num_preemptions"] > 0
+
+
+def test_runs_end_where_the_pool_runs_out():
+    # Nothing waits: three requests outgrow a 70-block pool (prompts of 13 blocks, 25 more
+    # blocks of output each). Runs stop where a block is missing, that step preempts; the
+    # shortest request's finish inside a run gives its blocks back to the others.
+    from llmserve.workload import WorkloadRequest
+    wl = [WorkloadRequest(0.0, 200, n) for n in (150, 400, 400)]
+    wl += [WorkloadRequest(0.0, 30, 3)]
+    st, runs = _compare(wl, kv_blocks=70, min_run_steps=100)
     assert st[0]["num_preemptions"] > 0
 
 
