@@ -272,8 +272,10 @@ args = benchmark.StageArgs(profile="gpu" if ON_GPU else "smoke", interpret=not O
     code('''\
 corr = benchmark.run_stage("correctness", out_dir, 120.0, args)
 for it in corr["items"]:
-    print({k: it[k] for k in it if k in ("name", "max_err", "tol", "ok")})
-assert not corr["errors"], corr["errors"]'''),
+    print(f"{it['case']:40s} max |err| {it['max_abs_err']:.2e} (tolerance {it['tolerance']:g})",
+          "ok" if it["ok"] else "FAILED")
+assert corr["items"] and not corr["errors"], corr["errors"]
+assert all(it["ok"] for it in corr["items"])'''),
     md("## Speed and the roofline (GPU only)\nDecode: bytes of K/V read per second against "
        "the measured copy bandwidth; ragged (prefill chunk + decodes): time against its "
        "roofline. `bash scripts/gpu_check.sh` runs the full set and `pallas_kernels/"

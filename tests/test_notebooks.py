@@ -83,7 +83,7 @@ def test_notebook_runs(name):
         "03_length_predictor.ipynb": ["noise_floor", "constant", "coverage by nominal",
                                       "checkpoint:"],
         "04_cluster.ipynb": ["power_of_two/distributed", "64 replicas"],
-        "05_kernels_gpu.ipynb": ["backend:"],
+        "05_kernels_gpu.ipynb": ["backend:", "decode/", "ragged/", "max |err|"],
     }.get(name, [])
     for s in landmarks:
         assert s in text, (name, s, text[-2000:])
