@@ -26,9 +26,10 @@ def _side(hardware, model, replicas, seqs, tokens, mem, busy_w, idle_w, idle_sha
 
 def get_config():
     c = ml_collections.ConfigDict()
-    # fixed baselines, bandits (ucb, thompson; ':none' / ':size' / ':size_load' picks the
-    # context), and the greedy look-ahead oracle
-    c.strategies = "always_edge,always_cloud,ucb,thompson,ucb:none,thompson:none,oracle"
+    # fixed baselines, bandits (ucb, ucb_tuned, thompson; ':none' / ':size' / ':size_load'
+    # picks the context), and the greedy look-ahead oracle
+    c.strategies = ("always_edge,always_cloud,ucb,ucb_tuned,thompson,ucb_tuned:none,"
+                    "thompson:none,oracle")
     c.rates = "0.5,1,2,4"               # arrival rates swept, req/s (the same stream rescaled)
     c.max_model_len = 4096              # prompt + output tokens per request (both sides)
     c.block_size = 16                   # KV block tokens

@@ -7,7 +7,7 @@ discrete-event clock, with an `EnergyMeter` (energy.py). A strategy decides, per
 batch of requests arriving within `batch_window_s`, which side serves each one:
 
   always_edge / always_cloud   fixed baselines
-  ucb / thompson               bandits (bandit.py) learning from each finished request's
+  ucb / ucb_tuned / thompson   bandits (bandit.py) learning from each finished request's
                                reward; `ucb:none` etc. override the context (see below)
   oracle                       greedy oracle: before deciding, it simulates the request on both
                                sides from the current state (a copy of the device with the

@@ -113,7 +113,7 @@ def claim_rows(summ: dict) -> list[dict]:
             dpp = 100 * (m["slo_attainment"] - a["slo_attainment"])
             rows.append({"strategy": s, "alternative": alt, "energy_saving": saving,
                          "slo": m["slo_attainment"], "alt_slo": a["slo_attainment"],
-                         "slo_diff_pp": dpp, "equal_service": dpp >= -EQUAL_SERVICE_PP})
+                         "slo_diff_pp": dpp, "equal_service": dpp >= -EQUAL_SERVICE_PP - 1e-9})
     return rows
 
 
@@ -184,9 +184,17 @@ def plot(res: dict, workdir: str) -> dict:
     plt.close(fig)
     fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.6), squeeze=False)
     for ax, k in zip(axes[0], keys):
-        for s, reg in res["rates"][k]["regret"].items():
-            ax.plot(np.arange(1, len(reg) + 1), reg, color=colors[s], label=s)
+        regs = res["rates"][k]["regret"]
+        for s, reg in regs.items():
+            ax.plot(np.arange(1, len(reg) + 1), reg, color=colors[s], label=s,
+                    ls="--" if s in ec.FIXED else "-")
         ax.axhline(0, color="k", lw=0.5)
+        # Scaled to the bandits: an overloaded always_edge would flatten them; it runs off
+        # the top (dashed lines are the fixed strategies).
+        learned = [v for s, r in regs.items() if s not in ec.FIXED for v in r]
+        if learned:
+            lo, hi = min(0.0, min(learned)), max(learned)
+            ax.set_ylim(lo - 0.05 * (hi - lo + 1), 1.6 * hi + 1)
         ax.set_title(f"{k} req/s")
         ax.set_xlabel("requests")
         ax.grid(alpha=0.3)

@@ -25,7 +25,7 @@ def _play(name, means, horizon, seed, contexts=None):
     return np.array(regret), np.array(arms)
 
 
-@pytest.mark.parametrize("name", ["ucb", "thompson"])
+@pytest.mark.parametrize("name", ["ucb", "ucb_tuned", "thompson"])
 def test_converges_to_best_arm_with_sublinear_regret(name):
     means = [0.35, 0.6, 0.5]         # arm 1 is best, gap 0.1 to the runner-up
     T = 4000
@@ -41,7 +41,7 @@ def test_converges_to_best_arm_with_sublinear_regret(name):
     assert (last == 1).mean() > 0.9
 
 
-@pytest.mark.parametrize("name", ["ucb", "thompson"])
+@pytest.mark.parametrize("name", ["ucb", "ucb_tuned", "thompson"])
 def test_contextual_best_arm_per_context(name):
     means = [[0.8, 0.4], [0.3, 0.7]]    # the best arm flips with the context
     ctx = np.random.default_rng(5).integers(0, 2, 3000)
