@@ -176,7 +176,9 @@ class ReplicaServer:
                 "kv_blocks_cached": bm.num_cached_free_blocks,
                 "num_preemptions": st.num_preemptions,
                 "prefix_hit_tokens": st.num_cache_hit_tokens, "num_steps": st.num_steps,
-                "num_finished": st.num_finished, "num_aborted": st.num_aborted}
+                "num_finished": st.num_finished, "num_aborted": st.num_aborted,
+                "num_compiles": getattr(getattr(self.engine.runner, "stats", None),
+                                        "num_compiles", 0)}
 
 
 # ---- driver side ------------------------------------------------------------------------------

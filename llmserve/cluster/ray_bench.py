@@ -1,0 +1,173 @@
+"""Ray replicas against one in-process engine on the same requests (offline: all submitted at
+once), and the cost model's tensor-parallel step times. Behind scripts/ray_bench.py.
+
+Every mode first runs a warm-up set of requests (same length distribution, other prompts) so
+the timed run measures serving, not XLA compilation (each replica compiles on its own). The
+timed runs' greedy outputs are compared with the in-process engine's: a mode that returned
+other tokens would not be doing the same work.
+"""
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+from absl import logging
+
+from llmserve.config import EngineConfig
+from llmserve.metrics import report
+from llmserve.sampling_params import SamplingParams
+
+COLUMNS = (
+    ("wall_s", "wall s", 1, "{:.1f}"),
+    ("request_throughput", "req/s", 1, "{:.2f}"),
+    ("output_throughput_tok_s", "out tok/s", 1, "{:.1f}"),
+    ("ttft_p50_s", "TTFT p50 ms", 1e3, "{:.0f}"),
+    ("ttft_p99_s", "TTFT p99 ms", 1e3, "{:.0f}"),
+    ("e2e_p50_s", "E2E p50 s", 1, "{:.2f}"),
+    ("e2e_p99_s", "E2E p99 s", 1, "{:.2f}"),
+    ("compiles_in_timed_run", "compiles", 1, "{:d}"),
+)
+TP_COLUMNS = (
+    ("decode_step_ms", "decode step ms", 1, "{:.2f}"),
+    ("allreduce_share", "all-reduce share", 1, "{:.0%}"),
+    ("prefill_step_ms", "prefill step ms", 1, "{:.1f}"),
+    ("kv_blocks", "KV blocks", 1, "{:d}"),
+)
+
+
+def _workload(cfg, seed: int):
+    rng = np.random.default_rng(seed)
+    lens = rng.integers(cfg.prompt_len_min, cfg.prompt_len_max + 1, cfg.num_requests)
+    prompts = [rng.integers(0, 256, int(n)).tolist() for n in lens]
+    return prompts, SamplingParams(max_tokens=cfg.max_tokens, temperature=0.0, ignore_eos=True)
+
+
+def _summary(outs, wall_s: float) -> dict:
+    ttft = np.array([o.metrics.ttft for o in outs])
+    e2e = np.array([o.metrics.e2e for o in outs])
+    n_out = sum(len(o.token_ids) for o in outs)
+    return dict(wall_s=wall_s, request_throughput=len(outs) / wall_s,
+                output_throughput_tok_s=n_out / wall_s,
+                ttft_p50_s=float(np.percentile(ttft, 50)),
+                ttft_p99_s=float(np.percentile(ttft, 99)),
+                e2e_p50_s=float(np.percentile(e2e, 50)),
+                e2e_p99_s=float(np.percentile(e2e, 99)))
+
+
+def _engine_run(eng, prompts, sp):
+    ids = [eng.add_request(p, sp) for p in prompts]
+    done = {}
+    while eng.has_unfinished():
+        for o in eng.step():
+            if o.finished:
+                done[o.request_id] = o
+    return [done[i] for i in ids]
+
+
+def _timed(fn, prompts, sp):
+    t = time.perf_counter()
+    outs = fn(prompts, sp)
+    return outs, time.perf_counter() - t
+
+
+def run_replicas(cfg) -> dict:
+    from llmserve.engine import LLMEngine
+    ec = EngineConfig.from_dict(cfg.engine)
+    prompts, sp = _workload(cfg, cfg.seed)
+    warm = [p for r in range(cfg.warmup_rounds) for p in _workload(cfg, cfg.seed + 1 + r)[0]]
+    rows, tokens = {}, {}
+    logging.info("in-process engine: warm-up, then %d requests", len(prompts))
+    eng = LLMEngine(ec)
+    _engine_run(eng, warm, sp)
+    n0 = eng.runner.stats.num_compiles
+    outs, wall = _timed(lambda p, s: _engine_run(eng, p, s), prompts, sp)
+    rows["engine (in-process)"] = dict(_summary(outs, wall),
+                                       compiles_in_timed_run=eng.runner.stats.num_compiles - n0)
+    tokens["engine (in-process)"] = [o.token_ids for o in outs]
+
+    import ray
+
+    from llmserve.cluster.ray_backend import RayRouter
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    if not ray.is_initialized():
+        ray.init(num_cpus=cfg.ray_num_cpus, include_dashboard=False, logging_level="warning")
+    for n in [int(x) for x in str(cfg.replica_counts).split(",") if x]:
+        name = f"ray, {n} replica{'s' if n > 1 else ''}"
+        logging.info("%s (%s): start, warm-up, then %d requests", name, cfg.policy, len(prompts))
+        router = RayRouter(ec, n, cfg.policy, num_cpus_per_replica=cfg.ray_num_cpus / n)
+        t0 = time.perf_counter()
+        router.start()
+        start_s = time.perf_counter() - t0
+        router.generate(warm, sp)
+        n0 = router.stats()["num_compiles"]
+        outs, wall = _timed(router.generate, prompts, sp)
+        time.sleep(2 * router.poll_wait_s)      # the replicas' last stats
+        n1 = router.stats()["num_compiles"]
+        router.shutdown()
+        rows[name] = dict(_summary(outs, wall), start_s=start_s, compiles_in_timed_run=n1 - n0)
+        tokens[name] = [o.token_ids for o in outs]
+    ray.shutdown()
+    ref = tokens["engine (in-process)"]
+    for name, row in rows.items():
+        row["outputs_equal_engine"] = tokens[name] == ref
+    return rows
+
+
+def tp_cost(cfg) -> dict:
+    """Cost-model step times of one replica split over tp devices (simulated, not measured)."""
+    from llmserve.core.sched_output import ScheduledRequest, SchedulerOutput
+    from llmserve.model.config import get_preset
+    from llmserve.sim.cost_model import CostModel
+    from llmserve.sim.hardware import get_hardware
+    mc, hw = get_preset(cfg.tp_model), get_hardware(cfg.tp_hardware)
+    b, ctx, plen = cfg.tp_decode_batch, cfg.tp_decode_context, cfg.tp_prefill_tokens
+
+    def step(reqs):
+        sch = [ScheduledRequest(str(i), [1] * q, s, [0], True, 0, (0, 0, 1, 0), 0)
+               for i, (q, s) in enumerate(reqs)]
+        return SchedulerOutput(1, sch, sum(q for q, _ in reqs))
+
+    rows = {}
+    for tp in [int(x) for x in str(cfg.tp_sizes).split(",") if x]:
+        cm = CostModel(mc, hw, tp=tp)
+        dec = cm.step_time(step([(1, ctx - 1)] * b))
+        rows[f"tp={tp}"] = dict(decode_step_ms=dec * 1e3,
+                                allreduce_share=cm.allreduce_time(b) / dec,
+                                prefill_step_ms=cm.step_time(step([(plen, 0)])) * 1e3,
+                                kv_blocks=cm.num_kv_blocks(16))
+    return rows
+
+
+def run(cfg) -> dict:
+    out = {"config": cfg.to_dict(), "load_before": os.getloadavg()}
+    if cfg.replica_counts:
+        out["replicas"] = run_replicas(cfg)
+    out["tp_cost_model"] = tp_cost(cfg)
+    out["load_after"] = os.getloadavg()
+    return out
+
+
+def format_results(res: dict) -> str:
+    parts = []
+    if "replicas" in res:
+        parts.append(f"Ray replicas vs one engine (wall clock; load average before "
+                     f"{res['load_before'][0]:.1f}, after {res['load_after'][0]:.1f}):")
+        tab = report.table(res["replicas"], baseline=None, columns=COLUMNS, label="mode")
+        rows = list(res["replicas"].values())
+        base = rows[0]["output_throughput_tok_s"]
+        ratios = ", ".join(f"{k}: x{v['output_throughput_tok_s'] / base:.2f}"
+                           f"{'' if v['outputs_equal_engine'] else ' (OUTPUTS DIFFER)'}"
+                           for k, v in res["replicas"].items())
+        parts += [tab, f"throughput vs the in-process engine: {ratios}"]
+    c = res["config"]
+    parts.append(f"\nTensor parallelism in the cost model ({c['tp_model']} on {c['tp_hardware']}, "
+                 f"simulated): decode batch {c['tp_decode_batch']} at context "
+                 f"{c['tp_decode_context']}, prefill {c['tp_prefill_tokens']} tokens")
+    parts.append(report.table(res["tp_cost_model"], baseline=None, columns=TP_COLUMNS,
+                              label="tp"))
+    return "\n".join(parts)
+
+
+def write_outputs(res: dict, workdir: str) -> dict:
+    return {"json": report.write_json(os.path.join(workdir, "ray_bench.json"), res)}
