@@ -291,6 +291,8 @@ class Device:
         if self.busy_until is not None or not s.has_unfinished():
             return None
         out = s.schedule(now)
+        while not out.scheduled and out.preempted_req_ids:
+            out = s.schedule(now)   # a step that only preempted: the freed blocks admit work
         if not out.scheduled:
             return None
         ro = self.runner.execute(out)

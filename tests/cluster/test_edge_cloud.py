@@ -204,3 +204,14 @@ def test_bench_regret_and_claim_follow_the_runs(tmp_path):
     c.rates = "1,-2"
     with pytest.raises(ValueError, match="rates must all be > 0"):
         bench.run(c)
+
+
+def test_a_small_kv_pool_preempts_and_still_finishes_everything():
+    cfg = _cfg(**{"edge.memory_utilization": 0.0328})
+    sim = ec.EdgeCloudSim(cfg, _workload(40, 6.0, seed=4), "always_edge")
+    assert sim.edge[0].scheduler.config.num_kv_blocks < 600
+    res = sim.run()
+    assert sim.edge[0].scheduler.stats.num_preemptions > 0
+    assert np.isfinite(res["requests"]["e2e_s"]).all()
+    assert sim.edge[0].scheduler.block_manager.num_free_blocks == \
+        sim.edge[0].scheduler.config.num_kv_blocks
