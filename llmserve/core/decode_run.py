@@ -160,7 +160,27 @@ def apply(sched, run: DecodeRun, starts: list[float], ends: list[float]):
     per_step = []
     reserved = used_slots = tokens = 0
     free = bm._free
-    for j in range(k):
+    j = 0
+    while j < k:
+        # Steps up to the next event's change nothing but the counts: written in one go.
+        stop = events[e][0] if e < ne and events[e][0] < k else k
+        if stop > j:
+            m = stop - j
+            if sched._finished_ids:
+                sched._finished_ids = []
+            base = kv - shared
+            rows += [(step_id + x + 1, starts[x], nseq, nseq, 0, nseq, 0, used, cached_free,
+                      base + (x - j + 1) * nseq, 0, hits, 0, 0) for x in range(j, stop)]
+            per_step += [(used, blocks_run, comp_run + (x - j + 1) * nseq)
+                         for x in range(j, stop)]
+            reserved += used * bs * m
+            used_slots += base * m + nseq * (m * (m + 1) // 2)
+            kv += nseq * m
+            comp_run += nseq * m
+            tokens += nseq * m
+            j = stop
+            if j == k:
+                break
         while e < ne and events[e][0] == j and events[e][1] == 0:     # schedule: growth
             r = reqs[events[e][2]]
             if not free:
@@ -201,6 +221,7 @@ def apply(sched, run: DecodeRun, starts: list[float], ends: list[float]):
         rows.append((step_id + j + 1, starts[j], ran, ran, 0, nseq, 0, used, cached_free,
                      kv - shared, 0, hits, 0, 0))
         per_step.append((used_then, blocks_run, comp_run))
+        j += 1
     for r, c in zip(reqs, computed0):
         if r.status is _RUNNING:
             r.num_computed_tokens = c + k

@@ -81,15 +81,15 @@ def _decode_run(engine, runner, recorder, run, clock, kv_sample_every, until,
     bs = engine.scheduler.config.block_size
     records = recorder.records
     rows = records.rows
-    append = rows.append
-    step_times = engine.step_times
-    for j, c in enumerate(counts):
-        used, blocks, computed = per_step[j]
-        append((starts[j], dts[j], c[4], 0, c[4], used, 0, c[0] + c[2], c[1] + c[3]))
-        step_times.append(ends[j] - starts[j])
-        if len(rows) % kv_sample_every == 0:    # recorder.sample_kv() after this step
-            records.kv_reserved_slots.append(blocks * bs)
-            records.kv_used_slots.append(min(computed, blocks * bs))
+    before = len(rows)
+    rows += [(starts[j], dts[j], c[4], 0, c[4], per_step[j][0], 0, c[0] + c[2], c[1] + c[3])
+             for j, c in enumerate(counts)]
+    engine.step_times.extend([e - s for s, e in zip(starts, ends)])
+    # recorder.sample_kv() after every kv_sample_every-th step record.
+    for j in range(-(before + 1) % kv_sample_every, len(counts), kv_sample_every):
+        _, blocks, computed = per_step[j]
+        records.kv_reserved_slots.append(blocks * bs)
+        records.kv_used_slots.append(min(computed, blocks * bs))
     clock.t = ends[-1]
     if finished and engine._trace_log is not None:
         engine._log_finished(finished)
