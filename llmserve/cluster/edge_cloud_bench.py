@@ -92,7 +92,7 @@ def run(config) -> dict:
             o = runs["oracle"]["requests"]["reward"]
             for s, r in runs.items():
                 if s != "oracle":
-                    regret[s] = np.cumsum(o - r["requests"]["reward"]).tolist()
+                    regret[s] = np.round(np.cumsum(o - r["requests"]["reward"]), 5).tolist()
         out["rates"][f"{rate:g}"] = {"rate_rps": rate, "horizon_s": horizon,
                                       "summary": summ, "regret": regret,
                                       "claim": claim_rows(summ)}
@@ -152,6 +152,12 @@ def format_results(res: dict) -> str:
     return "\n".join(lines)
 
 
+def load(path: str) -> dict:
+    import json
+    with open(path) as f:
+        return json.load(f)
+
+
 def write_outputs(res: dict, workdir: str, figures: bool = True) -> dict:
     os.makedirs(workdir, exist_ok=True)
     paths = {"json": report.write_json(os.path.join(workdir, "edge_cloud.json"), res)}
@@ -161,6 +167,7 @@ def write_outputs(res: dict, workdir: str, figures: bool = True) -> dict:
 
 
 def plot(res: dict, workdir: str) -> dict:
+    os.makedirs(workdir, exist_ok=True)
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
