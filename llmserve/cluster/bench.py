@@ -254,7 +254,11 @@ def format_results(results: dict) -> str:
                          f"{m['simulated_requests_per_wall_s']:.0f} simulated req/wall-s")
             lines.append("wall time: " + ", ".join(
                 f"{k[:-2]} {v:.1f} s ({v / p['wall_s']:.0%})" for k, v in p.items()
-                if k != "wall_s"))
+                if k not in ("wall_s", "process_cpu_s")))
+            lines.append(f"process CPU time {p['process_cpu_s']:.1f} s = "
+                         f"{m['num_requests'] / p['process_cpu_s']:.0f} simulated req per "
+                         f"CPU-second (the wall rate on an idle core); load average at the "
+                         f"end {results['machine']['loadavg_at_end']}")
         if results.get("cprofile_top"):
             lines.append(results["cprofile_top"])
     return "\n".join(lines)

@@ -318,6 +318,8 @@ class ClusterSim:
         # Token ids are drawn at arrival, in arrival order (as replay.py draws them), so every
         # policy and placement sees the identical stream.
         held_ids: dict[int, list] = {}
+        need_ids = any(r.sched.config.enable_prefix_caching for r in reps) or \
+            cfg.policy == "prefix_aware" or self.track_pred
         pred_len = None
         if track_pred:
             def ids_of(i):
@@ -436,6 +438,7 @@ class ClusterSim:
             self._refresh(rep)
 
         wall0 = time.perf_counter()
+        cpu0 = time.process_time()
         next_log = wall0 + progress_every_s
         gc_was = gc.isenabled()
         gc.freeze()
@@ -452,7 +455,10 @@ class ClusterSim:
                     w = reqs[i]
                     ids = w.prompt_token_ids
                     if ids is None:
-                        ids = rng.integers(0, vocab, w.prompt_len).tolist()
+                        if need_ids:
+                            ids = rng.integers(0, vocab, w.prompt_len).tolist()
+                        else:       # token values unused: no prefix cache reads them
+                            ids = [0] * w.prompt_len
                     k = i % nrouters
                     d = routers[k].admit(t)
                     if d == t:
@@ -539,6 +545,7 @@ class ClusterSim:
                 gc.enable()
             gc.unfreeze()
         wall = time.perf_counter() - wall0
+        cpu = time.process_time() - cpu0
         aborted = 0
         end = t
         for rep in reps:
@@ -549,10 +556,11 @@ class ClusterSim:
         if rows and not aborted:
             end = max(r[3] for r in rows)
         return self._result(reqs, n, num_cut, rows, sample_t, sample_out, sample_req,
-                            sample_alive, counters, aborted, end, wall, route_ns, runner_ns)
+                            sample_alive, counters, aborted, end, wall, route_ns, runner_ns,
+                            cpu)
 
     def _result(self, reqs, n, num_cut, rows, sample_t, sample_out, sample_req, sample_alive,
-                counters, aborted, end, wall, route_ns, runner_ns) -> ClusterResult:
+                counters, aborted, end, wall, route_ns, runner_ns, cpu) -> ClusterResult:
         fields = ("arrival", "first_scheduled", "first_token", "finish", "prompt_len",
                   "output_len", "preemptions", "cached_tokens", "replica", "request")
         if rows:
@@ -587,6 +595,8 @@ class ClusterSim:
                    "cost_model_s": runner_ns / 1e9, "router_pick_s": route_ns / 1e9}
         profile["event_loop_other_s"] = wall - sum(v for k, v in profile.items()
                                                    if k != "wall_s")
+        # CPU seconds of this process over the run: the wall time on an otherwise idle core.
+        profile["process_cpu_s"] = cpu
         cfg = dataclasses.asdict(self.config)
         return ClusterResult(req, samples, replicas, routers, n, counters["rejected"], aborted,
                              num_cut, counters["rerouted"],
