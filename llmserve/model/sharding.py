@@ -13,9 +13,14 @@ vocabulary-parallel when the vocabulary divides evenly (the sampled tokens are g
 per step), replicated otherwise (the tiny byte-level model's 259 entries).
 
 The model code itself knows nothing of this: the runner jits its step with these shardings
-as in/out shardings and jax's partitioner propagates them through the forward pass.
+as in/out shardings and jax's partitioner propagates them through the forward pass. Only the
+paged attention is placed by hand (`head_parallel_attention`, a shard_map over heads): the
+Pallas kernels are custom calls the partitioner cannot split, and would otherwise be run on
+all-gathered inputs.
 """
 from __future__ import annotations
+
+import functools
 
 import jax
 import numpy as np
@@ -83,6 +88,19 @@ def kv_cache_shardings(mesh: Mesh, cfg: ModelConfig) -> list:
     """Each layer's (k, v) pages [num_kv_heads, num_blocks, block_size, head_dim]: by kv head."""
     s = NamedSharding(mesh, P(TP_AXIS))
     return [(s, s) for _ in range(cfg.num_layers)]
+
+
+def head_parallel_attention(mesh: Mesh):
+    """paged_attention run by each device on its own query heads and kv-head pages (a GQA
+    group never straddles devices, since tp divides num_kv_heads): no communication."""
+    from llmserve.model.attention import paged_attention
+    heads = P(None, TP_AXIS, None)
+
+    def attend(q, k_pages, v_pages, md, impl):
+        fn = functools.partial(paged_attention, impl=impl)
+        return jax.shard_map(fn, mesh=mesh, in_specs=(heads, P(TP_AXIS), P(TP_AXIS), P()),
+                             out_specs=heads, check_vma=False)(q, k_pages, v_pages, md)
+    return attend
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -10,13 +10,15 @@ from llmserve.model.layers import apply_rope, gated_mlp, rms_norm, rope_inv_freq
 
 
 def forward(params, cfg: ModelConfig, token_ids, positions, kv_cache, attn_md: AttentionMetadata,
-            logits_indices=None, attention_impl: str = "reference"):
+            logits_indices=None, attention_impl: str = "reference", attention_fn=None):
     """token_ids, positions [T] -> (logits [T or len(logits_indices), V] float32, kv_cache).
 
     Every token of every scheduled request (prefill chunks and decode tokens alike) is one
     row; logits_indices picks the rows whose next token is sampled, so the vocabulary
-    projection is only paid for them.
+    projection is only paid for them. attention_fn replaces paged_attention (same signature):
+    tensor parallelism runs it per device on that device's heads (model/sharding.py).
     """
+    attend = attention_fn or paged_attention
     t = token_ids.shape[0]
     hq, hkv, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     inv_freq = rope_inv_freq(cfg)
@@ -33,7 +35,7 @@ def forward(params, cfg: ModelConfig, token_ids, positions, kv_cache, attn_md: A
         # The cache update comes first: attention reads this step's K/V from the pages.
         k_pages, v_pages = write_kv(k_pages, v_pages, k, v, attn_md.slot_mapping)
         new_cache.append((k_pages, v_pages))
-        o = paged_attention(q, k_pages, v_pages, attn_md, attention_impl)
+        o = attend(q, k_pages, v_pages, attn_md, attention_impl)
         x = x + o.reshape(t, hq * d) @ layer["wo"]
         h = rms_norm(x, layer["mlp_norm"], cfg.rms_norm_eps)
         x = x + gated_mlp(h, layer)

@@ -32,11 +32,12 @@ class RunnerStats:
         return len(self.compiled_shapes)
 
 
-def _step_fn(params, kv_cache, batch, cfg: ModelConfig, attention_impl: str, decode_only: bool):
+def _step_fn(params, kv_cache, batch, cfg: ModelConfig, attention_impl: str, decode_only: bool,
+             attention_fn=None):
     md = AttentionMetadata(batch["slot_mapping"], batch["query_start_loc"], batch["seq_lens"],
                            batch["block_tables"], batch["num_seqs"], decode_only)
     logits, kv_cache = forward(params, cfg, batch["token_ids"], batch["positions"], kv_cache, md,
-                               batch["logits_indices"], attention_impl)
+                               batch["logits_indices"], attention_impl, attention_fn)
     tokens, logprobs = sample(logits, batch["temperature"], batch["top_k"], batch["top_p"],
                               batch["seeds"], batch["token_index"])
     return tokens, logprobs, kv_cache
@@ -68,9 +69,10 @@ class JaxRunner:
                                                            block_size, kv_dtype)
             # One jitted executable per decode_only value: jit takes no kwargs (the static
             # ones) together with in_shardings, so they are bound first.
+            attend = sharding.head_parallel_attention(self.mesh)
             self._tp_steps = {d: sharding.jit_sharded_step(functools.partial(
-                _step_fn, cfg=cfg, attention_impl=attention_impl, decode_only=d), self.mesh, cfg)
-                for d in (False, True)}
+                _step_fn, cfg=cfg, attention_impl=attention_impl, decode_only=d,
+                attention_fn=attend), self.mesh, cfg) for d in (False, True)}
         else:
             self.kv_cache = init_kv_cache(cfg, num_kv_blocks, block_size, kv_dtype)
         self.params = params
