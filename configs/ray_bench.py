@@ -9,7 +9,7 @@ def get_config():
     c = ml_collections.ConfigDict()
     c.num_requests = 64                 # requests in the timed run (all submitted at once)
     c.prompt_len_min = 16               # prompt lengths uniform in [min, max] (random bytes)
-    c.prompt_len_max = 256
+    c.prompt_len_max = 256              # (the longest prompt, tokens)
     c.max_tokens = 64                   # output tokens per request (greedy, ignore_eos)
     c.seed = 0                          # prompts (warm-up sets use seed + 1, + 2, ...)
     c.warmup_rounds = 3                 # untimed sets like the timed one, run first: every
