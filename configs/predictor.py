@@ -39,6 +39,10 @@ def get_config():
     c.features.hash_seed = 0            # changes every hash (a new feature space)
     c.features.weighting = "share"      # n-gram weights in the bag: share (count / total) or
                                         # log_l2 (1 + log count, L2-normalised per prompt)
+    c.features.word_orders = ()         # + hashed word n-grams in the same bag (byte-level
+                                        # tokenizers only), e.g. (1, 2); () = none
+    c.features.word_weight = 1.0        # the word n-grams' share of the bag next to the
+                                        # token n-grams' 1
 
     c.model = ml_collections.ConfigDict()
     c.model.embed_dim = 16              # embedding-bag width
@@ -76,4 +80,9 @@ def get_config():
     c.eval.workload_rate = 15.0         # its Poisson arrival rate, requests/s
     c.eval.workload_max_len = 8192      # leave out requests whose prompt + output exceed this
                                         # (the serving model's max_model_len); 0 = keep all
+    c.eval.workload_num_requests = 0    # > 0: keep this many (a seeded random sample)
+    c.eval.workload_output_scale = 1.0  # < 1: output lengths x this (rounded up), for an
+                                        # engine too slow for the real lengths; the eval
+                                        # then also writes WORKDIR/scaled_<x>/checkpoint,
+                                        # the predictor rescaled to match
     return c

@@ -23,7 +23,8 @@ def main(argv):
     del argv
     c = _CONFIG.value
     res = run_evaluation(_WORKDIR.value, c.eval.latency_batch_size, c.eval.latency_repeats,
-                         c.eval.workload_log, c.eval.workload_rate, c.eval.workload_max_len)
+                         c.eval.workload_log, c.eval.workload_rate, c.eval.workload_max_len,
+                         c.eval.workload_num_requests, c.eval.workload_output_scale)
     rows = res["rows"]
     members = sorted(k for k in rows if k.startswith("member_") and k != "member_avg")
     print(f"data: {res['data']}; held-out: {res['num_test_prompts']} prompts, "
@@ -37,6 +38,8 @@ def main(argv):
         print(f"target {name}: {'met' if ok else 'NOT met'}")
     if res.get("workload_log"):
         print(f"held-out workload: {res['workload_requests']} requests -> {res['workload_log']}")
+        if res.get("workload_checkpoint"):
+            print(f"predictor rescaled to its output lengths: {res['workload_checkpoint']}")
     print(f"results: {os.path.join(_WORKDIR.value, 'eval.json')}")
 
 

@@ -148,7 +148,8 @@ ROW_ORDER = ("ensemble", "member_avg", "constant", "prompt_len_regression", "noi
 
 def run_evaluation(workdir: str, latency_batch_size: int = 64, latency_repeats: int = 50,
                    workload_log: str = "", workload_rate: float = 1.0,
-                   workload_max_len: int = 0) -> dict:
+                   workload_max_len: int = 0, workload_num_requests: int = 0,
+                   workload_output_scale: float = 1.0) -> dict:
     """Score the checkpoint in workdir on the held-out test split of the data it was trained
     on (the split is rebuilt from the config stored in the checkpoint), time predict(), and
     write workdir/eval.json; with `workload_log`, also write the held-out end-to-end workload
@@ -189,32 +190,54 @@ def run_evaluation(workdir: str, latency_batch_size: int = 64, latency_repeats: 
         out["workload_log"] = workload_log
         out["workload_requests"] = write_heldout_workload(test_ds, workload_log, workload_rate,
                                                           config.data.split_seed,
-                                                          workload_max_len)
+                                                          workload_max_len,
+                                                          workload_num_requests,
+                                                          workload_output_scale)
+        if workload_output_scale != 1.0:
+            from llmserve.predictor.serve import rescale_checkpoint
+            out["workload_checkpoint"] = rescale_checkpoint(
+                workdir, os.path.join(workdir, f"scaled_{workload_output_scale:g}"),
+                workload_output_scale)
     with open(os.path.join(workdir, "eval.json"), "w") as f:
         json.dump(out, f, indent=1)
     return out
 
 
 def write_heldout_workload(test_ds, path: str, rate: float, seed: int = 0,
-                           max_total_len: int = 0) -> int:
-    """Every held-out (prompt, sampled length) pair as one request of a trace log
-    (`workload.kind = jsonl` in the benchmark), in a seeded random order with Poisson
-    arrivals at `rate` req/s: the end-to-end workload on prompts the predictor never saw.
-    Pairs whose prompt + output exceed `max_total_len` (> 0) are left out (the serving
-    model could not hold them). -> the number of requests."""
+                           max_total_len: int = 0, num_requests: int = 0,
+                           output_scale: float = 1.0) -> int:
+    """Held-out (prompt, sampled length) pairs as requests of a trace log (`workload.kind =
+    jsonl` in the benchmark), in a seeded random order with Poisson arrivals at `rate` req/s:
+    the end-to-end workload on prompts the predictor never saw. The file is rewritten, not
+    appended to. Pairs whose prompt + output exceed `max_total_len` (> 0) are left out (the
+    serving model could not hold them); `num_requests` > 0 keeps that many of the shuffled
+    rest; `output_scale` < 1 shrinks every output length to ceil(length x scale), for an
+    engine too slow to serve the real lengths (serve it with a checkpoint rescaled by the
+    same factor: `rescale_checkpoint`). -> the number of requests."""
+    import os
+
     from llmserve.workload.trace_log import make_record, write_trace_log
     if not rate > 0:
         raise ValueError(f"eval.workload_rate must be > 0 req/s, got {rate}")
+    if not 0 < output_scale <= 1:
+        raise ValueError(f"eval.workload_output_scale must be in (0, 1], got {output_scale}")
+    if num_requests < 0:
+        raise ValueError(f"eval.workload_num_requests must be >= 0, got {num_requests}")
     pidx, y = test_ds.per_sample()
+    y = np.maximum(np.ceil(y * output_scale - 1e-9), 1)
     if max_total_len > 0:
         fits = np.array([len(test_ds.prompts[i]) for i in pidx]) + y <= max_total_len
         pidx, y = pidx[fits], y[fits]
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(y))
-    arrivals = np.cumsum(rng.exponential(1.0 / rate, len(y)))
+    if num_requests:
+        order = order[:num_requests]
+    arrivals = np.cumsum(rng.exponential(1.0 / rate, len(order)))
     arrivals -= arrivals[0]
+    if os.path.exists(path):  # the log writer appends: a rerun must not double the workload
+        os.remove(path)
     write_trace_log(path, (make_record(f"heldout-{j}", test_ds.prompts[pidx[i]], int(y[i]),
                                        prompt_text=test_ds.texts[pidx[i]], finish_reason="stop",
                                        arrival_s=float(t))
                            for j, (i, t) in enumerate(zip(order, arrivals))))
-    return len(y)
+    return len(order)

@@ -31,6 +31,11 @@ class FeatureSpec:
     tokenizer: str = "tiny"          # the serving model (preset name or checkpoint dir)
     weighting: str = "share"         # n-gram weight: share (count / total) or log_l2
                                      # (1 + log count, L2-normalised: TF-style damping)
+    word_orders: tuple[int, ...] = ()  # + hashed n-grams of words (byte-level ids only: a
+                                     # word is a run of ASCII letters/digits or non-ASCII
+                                     # bytes, case-folded), into the same bag
+    word_weight: float = 1.0         # the word view's total weight per prompt (the token
+                                     # n-grams' is 1)
 
     def __post_init__(self):
         if self.table_size < 2:
@@ -41,6 +46,13 @@ class FeatureSpec:
             raise ValueError(f"feature spec ngram_orders must be ints in 1..{len(_POS_MULT)}, "
                              f"got {self.ngram_orders!r}")
         object.__setattr__(self, "ngram_orders", orders)
+        words = tuple(self.word_orders)
+        if any(not isinstance(n, int) or not 1 <= n <= len(_POS_MULT) for n in words):
+            raise ValueError(f"feature spec word_orders must be ints in 1..{len(_POS_MULT)}, "
+                             f"got {self.word_orders!r}")
+        object.__setattr__(self, "word_orders", words)
+        if not self.word_weight > 0:
+            raise ValueError(f"feature spec word_weight must be > 0, got {self.word_weight}")
         if self.weighting not in WEIGHTINGS:
             raise ValueError(f"feature spec weighting must be one of {WEIGHTINGS}, "
                              f"got {self.weighting!r}")
@@ -51,6 +63,7 @@ class FeatureSpec:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["ngram_orders"] = list(self.ngram_orders)
+        d["word_orders"] = list(self.word_orders)
         return d
 
     @classmethod
@@ -60,8 +73,9 @@ class FeatureSpec:
         if unknown:
             raise ValueError(f"unknown feature spec field(s) {unknown}; known: {sorted(known)}")
         d = dict(d)
-        if "ngram_orders" in d:
-            d["ngram_orders"] = tuple(d["ngram_orders"])
+        for k in ("ngram_orders", "word_orders"):
+            if k in d:
+                d[k] = tuple(d[k])
         return cls(**d)
 
 
@@ -86,11 +100,16 @@ def hashed_ngrams(ids: Sequence[int], spec: FeatureSpec) -> tuple[np.ndarray, np
                 h = (h ^ (t[j:len(t) - n + 1 + j] + _MIX)) * np.uint64(_POS_MULT[j])
                 h ^= h >> np.uint64(31)
             parts.append(h % np.uint64(spec.table_size))
-    if not parts:
-        return np.zeros(0, np.int32), np.zeros(0, np.float32)
-    buckets, counts = np.unique(np.concatenate(parts), return_counts=True)
-    return buckets.astype(np.int32), _weights(counts, np.zeros(len(counts), np.int64), 1,
-                                              spec.weighting)
+    if parts:
+        buckets, counts = np.unique(np.concatenate(parts), return_counts=True)
+        ids = buckets.astype(np.int32)
+        w = _weights(counts, np.zeros(len(counts), np.int64), 1, spec.weighting)
+    else:
+        ids, w = np.zeros(0, np.int32), np.zeros(0, np.float32)
+    if spec.word_orders:
+        wid, ww, _ = _word_view(t, np.zeros(len(t), np.int64), 1, spec)
+        ids, w = np.concatenate([ids, wid]), np.concatenate([w, ww])
+    return ids, w
 
 
 def _weights(counts, segments, num_segments, weighting):
@@ -135,7 +154,79 @@ def hashed_ngrams_batch(prompts: Sequence[Sequence[int]], spec: FeatureSpec
     uniq, counts = np.unique(np.concatenate(keys), return_counts=True)
     segs = uniq // spec.table_size
     w = _weights(counts, segs, len(cut), spec.weighting)
-    return (uniq % spec.table_size).astype(np.int32), w, segs
+    ids = (uniq % spec.table_size).astype(np.int32)
+    if spec.word_orders:
+        wid, ww, wseg = _word_view(flat[:total], seg, len(cut), spec)
+        order = np.argsort(np.concatenate([segs, wseg]), kind="stable")  # grouped by prompt
+        ids = np.concatenate([ids, wid])[order]
+        w = np.concatenate([w, ww])[order]
+        segs = np.concatenate([segs, wseg])[order]
+    return ids, w, segs
+
+
+# Byte ids that belong to words: ASCII letters and digits, and every non-ASCII byte (UTF-8
+# letters of other scripts); ids >= 256 (specials) never do. Letters fold to lower case.
+_IN_WORD = np.zeros(512, bool)
+_IN_WORD[[*range(48, 58), *range(65, 91), *range(97, 123), *range(128, 256)]] = True
+_FOLD = np.arange(512, dtype=np.uint64)
+_FOLD[65:91] += np.uint64(32)
+_WORD_P = np.uint64(0x100000001B3)   # polynomial base of a word's hash over its bytes
+
+
+def _word_view(flat: np.ndarray, seg: np.ndarray, num_segments: int, spec: FeatureSpec
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Hashed word n-grams of token ids `flat` (prompt index `seg`, grouped) -> (bucket ids,
+    weights: each prompt's sum to spec.word_weight under spec.weighting, prompt index).
+    A word's hash is sum((folded byte + 1) x P^position) mod 2^64, then mixed like a token."""
+    t = np.minimum(np.asarray(flat, np.int64), 511)
+    seg = np.asarray(seg, np.int64)
+    n = len(t)
+    if not n:
+        return np.zeros(0, np.int32), np.zeros(0, np.float32), np.zeros(0, np.int64)
+    inw = _IN_WORD[t]
+    new_seg = np.ones(n, bool)
+    new_seg[1:] = seg[1:] != seg[:-1]
+    prev_in = np.zeros(n, bool)
+    prev_in[1:] = inw[:-1]
+    start = inw & (new_seg | ~prev_in)
+    starts = np.flatnonzero(start)
+    if not len(starts):
+        return np.zeros(0, np.int32), np.zeros(0, np.float32), np.zeros(0, np.int64)
+    run = np.cumsum(start) - 1                      # run index of each in-word position
+    pos = np.flatnonzero(inw)
+    r = run[pos]
+    k = pos - starts[r]                             # position within its word
+    with np.errstate(over="ignore"):
+        powers = np.cumprod(np.concatenate([[np.uint64(1)],
+                                            np.full(int(k.max()), _WORD_P, np.uint64)]))
+        terms = (_FOLD[t[pos]] + np.uint64(1)) * powers[k]
+        # pos is sorted by run, so each run's terms are contiguous: one reduceat
+        first = np.flatnonzero(np.concatenate([[True], r[1:] != r[:-1]]))
+        words = np.add.reduceat(terms, first)
+        words = (words ^ np.uint64(0xA5A5A5A5)) * _MIX
+        words ^= words >> np.uint64(29)
+        wseg = seg[starts]
+        keys = []
+        for order in spec.word_orders:
+            m = len(words) - order + 1
+            if m <= 0:
+                continue
+            same = np.ones(m, bool)
+            for j in range(1, order):
+                same &= wseg[j:j + m] == wseg[:m]
+            h = np.full(m, np.uint64(order) * np.uint64(_POS_MULT[-1]) + np.uint64(spec.hash_seed) +
+                        np.uint64(7), np.uint64)
+            for j in range(order):
+                h = (h ^ (words[j:j + m] + _MIX)) * np.uint64(_POS_MULT[j])
+                h ^= h >> np.uint64(31)
+            keys.append(wseg[:m][same] * spec.table_size +
+                        (h[same] % np.uint64(spec.table_size)).astype(np.int64))
+    if not keys:
+        return np.zeros(0, np.int32), np.zeros(0, np.float32), np.zeros(0, np.int64)
+    uniq, counts = np.unique(np.concatenate(keys), return_counts=True)
+    segs = uniq // spec.table_size
+    w = _weights(counts, segs, num_segments, spec.weighting) * np.float32(spec.word_weight)
+    return (uniq % spec.table_size).astype(np.int32), w.astype(np.float32), segs
 
 
 def dense_features(prompt_len: int) -> np.ndarray:

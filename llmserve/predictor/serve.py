@@ -59,6 +59,8 @@ class LengthPredictor:
         self.bucket_edges = tuple(meta["bucket_edges"])
         self.interval = float(meta["interval"])
         self.interval_scale = float(meta["interval_scale"])
+        # lengths served = learned lengths x output_scale (a scaled-down replay of the data)
+        self.output_scale = float(meta.get("output_scale", 1.0))
         self._tokenizer = tokenizer
         self._serving = model_lib.serving_params(params)  # kept on device between calls
 
@@ -120,9 +122,10 @@ class LengthPredictor:
         std = std * self.interval_scale
         z = _z(self.interval)
         expected = np.mean(np.exp(mu + 0.5 * sigma ** 2), 0) - 1
-        return Prediction(mean=expected, median=np.expm1(m),
-                          lower=np.maximum(np.expm1(m - z * std), 0),
-                          upper=np.expm1(m + z * std), bucket_probs=probs.mean(0), log_mean=m,
+        c = self.output_scale
+        return Prediction(mean=expected * c, median=np.expm1(m) * c,
+                          lower=np.maximum(np.expm1(m - z * std), 0) * c,
+                          upper=np.expm1(m + z * std) * c, bucket_probs=probs.mean(0), log_mean=m,
                           log_std=std, member_mu=mu, member_sigma=sigma, member_probs=probs)
 
     def calibrate(self, ds, out_of_bag=None) -> float:
@@ -153,6 +156,21 @@ class LengthPredictor:
                                     _z(self.interval))
         self.meta["interval_scale"] = self.interval_scale
         return self.interval_scale
+
+
+def rescale_checkpoint(src: str, dst: str, output_scale: float) -> str:
+    """Copy the checkpoint at src to dst/checkpoint with every served length (mean, median,
+    interval) multiplied by output_scale: the predictor for a replay whose output lengths
+    were scaled by the same factor (write_heldout_workload). Bucket probabilities and the
+    log-space fields stay those of the learned lengths. -> the new checkpoint directory."""
+    if not output_scale > 0:
+        raise ValueError(f"output_scale must be > 0, got {output_scale}")
+    from llmserve.predictor.train import save_checkpoint
+    params, meta = load_checkpoint(src)
+    meta = dict(meta, output_scale=float(output_scale) * float(meta.get("output_scale", 1.0)))
+    out = os.path.join(os.path.abspath(dst), "checkpoint")
+    save_checkpoint(out, params, meta)
+    return out
 
 
 def _find_dir(path: str) -> str:

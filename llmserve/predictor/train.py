@@ -258,7 +258,9 @@ def feature_spec(config) -> feat.FeatureSpec:
     f = config.features
     return feat.FeatureSpec(table_size=f.table_size, ngram_orders=tuple(f.ngram_orders),
                             max_prompt_tokens=f.max_prompt_tokens, hash_seed=f.hash_seed,
-                            tokenizer=config.tokenizer, weighting=f.weighting)
+                            tokenizer=config.tokenizer, weighting=f.weighting,
+                            word_orders=tuple(f.get("word_orders", ())),
+                            word_weight=f.get("word_weight", 1.0))
 
 
 def model_spec(config, num_tasks: int = 1) -> model_lib.ModelSpec:

@@ -9,7 +9,7 @@ import pytest
 
 from llmserve.predictor import data, evaluate, features, metrics, train
 from llmserve.predictor import model as model_lib
-from llmserve.predictor.serve import LengthPredictor, load_checkpoint
+from llmserve.predictor.serve import LengthPredictor, load_checkpoint, rescale_checkpoint
 
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "predictor.py")
 
@@ -85,6 +85,55 @@ def test_batched_hashing_equals_per_prompt_hashing(weighting):
     np.testing.assert_allclose(sorted(wt), sorted(want), rtol=1e-6)
     with pytest.raises(ValueError, match="weighting"):
         features.FeatureSpec(weighting="tfidf")
+
+
+def _oracle_words(text: str, spec) -> dict:
+    """Word n-gram buckets -> weight, by regex and Python ints (the spec's hash, scalar)."""
+    import re
+    m64 = (1 << 64) - 1
+    mix, mults = int(features._MIX), features._POS_MULT
+    words = []
+    for w in re.findall(rb"[A-Za-z0-9\x80-\xff]+", text.encode()):
+        h = sum((b + 1) * pow(0x100000001B3, i, 1 << 64) for i, b in enumerate(w.lower())) & m64
+        h = ((h ^ 0xA5A5A5A5) * mix) & m64
+        words.append(h ^ (h >> 29))
+    counts = {}
+    for n in spec.word_orders:
+        for k in range(len(words) - n + 1):
+            h = (n * mults[-1] + spec.hash_seed + 7) & m64
+            for j in range(n):
+                h = ((h ^ ((words[k + j] + mix) & m64)) * mults[j]) & m64
+                h ^= h >> 31
+            b = h % spec.table_size
+            counts[b] = counts.get(b, 0) + 1
+    total = sum(counts.values())
+    return {b: c / total * spec.word_weight for b, c in counts.items()}
+
+
+def test_word_ngrams_against_a_regex_oracle():
+    tok = data.tokenizer_for("tiny")
+    spec = features.FeatureSpec(table_size=1 << 20, ngram_orders=(3,), word_orders=(1, 2),
+                                word_weight=0.5, max_prompt_tokens=4096)
+    plain = features.FeatureSpec(table_size=1 << 20, ngram_orders=(3,), max_prompt_tokens=4096)
+    texts = ["Write a SHORT poem, please: write!", "", "x", "École d'été -- 42 ways",
+             "one\ntwo  three", "?!"]
+    prompts = [tok.encode(t) for t in texts]
+    ids, w, seg = features.hashed_ngrams_batch(prompts, spec)
+    assert np.all(np.diff(seg) >= 0)  # grouped by prompt, as the sorted segment sum needs
+    for i, (t, p) in enumerate(zip(texts, prompts)):
+        want = _oracle_words(t, spec)
+        for b, x in zip(*features.hashed_ngrams(p, plain)):
+            want[int(b)] = want.get(int(b), 0.0) + float(x)
+        for got_ids, got_w in ((ids[seg == i], w[seg == i]), features.hashed_ngrams(p, spec)):
+            got = {}
+            for b, x in zip(got_ids, got_w):
+                got[int(b)] = got.get(int(b), 0.0) + float(x)
+            assert got.keys() == want.keys(), t
+            np.testing.assert_allclose([got[k] for k in want], list(want.values()), rtol=1e-5)
+    # case folds: "Write" and "write" are one word
+    assert _oracle_words("Write write", spec) == _oracle_words("write write", spec)
+    with pytest.raises(ValueError, match="word_orders"):
+        features.FeatureSpec(word_orders=(9,))
 
 
 @pytest.mark.parametrize("wide", [False, True])
@@ -262,3 +311,31 @@ def test_data_builders(tmp_path):
         data.from_castillo(str(tmp_path / "e.json"), tok)
     with pytest.raises(ValueError, match="KIND:PATH"):
         data.load_sources(["bogus:/x"], tok)
+
+
+def test_scaled_heldout_workload_and_rescaled_checkpoint(trained, tmp_path):
+    from llmserve.workload.trace_log import read_trace_log
+    c, _, work = trained
+    tok = data.tokenizer_for(c.tokenizer)
+    _, _, te, _ = train.build_datasets(c, tok)
+    path = str(tmp_path / "w.jsonl")
+    pidx, y = te.per_sample()
+    n = evaluate.write_heldout_workload(te, path, rate=5.0, seed=1, num_requests=9,
+                                       output_scale=0.25)
+    # written twice: the file is replaced, not appended to
+    assert evaluate.write_heldout_workload(te, path, 5.0, 1, 0, 9, 0.25) == n == 9
+    recs = read_trace_log(path)
+    assert len(recs) == 9
+    # every request is a held-out pair with its length scaled and rounded up (hand rule)
+    pairs = {(tuple(te.prompts[i]), int(np.ceil(v / 4))) for i, v in zip(pidx, y)}
+    assert all((tuple(r["prompt_token_ids"]), r["output_len"]) in pairs for r in recs)
+    arr = [r["arrival_s"] for r in recs]
+    assert arr[0] == 0 and np.all(np.diff(arr) >= 0)
+    with pytest.raises(ValueError, match="workload_output_scale"):
+        evaluate.write_heldout_workload(te, path, 5.0, output_scale=2.0)
+    # the rescaled checkpoint serves lengths x scale; bucket probabilities unchanged
+    scaled = LengthPredictor.load(rescale_checkpoint(work, str(tmp_path / "s"), 0.25))
+    a, b = LengthPredictor.load(work).predict(te.texts[:5]), scaled.predict(te.texts[:5])
+    for f in ("mean", "median", "lower", "upper"):
+        np.testing.assert_allclose(getattr(b, f), getattr(a, f) * 0.25, rtol=1e-5)
+    np.testing.assert_allclose(b.bucket_probs, a.bucket_probs, rtol=1e-6)
