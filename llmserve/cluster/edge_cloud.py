@@ -12,9 +12,11 @@ batch of requests arriving within `batch_window_s`, which side serves each one:
   oracle                       greedy oracle: before deciding, it simulates the request on both
                                sides from the current state (a copy of the device with the
                                requests already in flight to it, no future arrivals) and takes
-                               the side with the better reward. Greedy: it ignores what its
-                               choice does to later requests, so it is not a bound on every
-                               strategy in general; with no queueing it is optimal per request.
+                               the side with the better reward (ties: edge). In a batch it
+                               decides and dispatches one request at a time, within the edge
+                               capacity. Greedy: it ignores what its choice does to later
+                               requests, so it is not a bound on every strategy in general;
+                               with no queueing it is optimal per request.
 
 Network (cloud only; the edge is local): a request reaches the cloud after RTT/2 + jitter +
 prompt bytes / uplink, and every token reaches the client RTT/2 + jitter + token bytes /
@@ -51,7 +53,7 @@ import time
 
 import numpy as np
 
-from llmserve.cluster.bandit import BANDITS, best_assignment, make_bandit
+from llmserve.cluster.bandit import BANDITS, make_bandit
 from llmserve.cluster.energy import EnergyMeter, PowerProfile
 from llmserve.core.request import Request
 from llmserve.core.scheduler import SchedulerConfig, create_scheduler
@@ -493,27 +495,38 @@ class EdgeCloudSim:
         ctxs = [context_of(cfg, self.context, self.workload[i].prompt_len, edge_load)
                 for i in batch]
         cap = {EDGE: cfg.edge_batch_capacity} if cfg.edge_batch_capacity > 0 else None
+        if self.strategy == "oracle":
+            # One request at a time, each dispatched before the next is looked at, so a
+            # batch-mate already sent to a side is in that side's look-ahead.
+            on_edge = 0
+            for i, ctx in zip(batch, ctxs):
+                r = [self._lookahead(i, s, now, transit).reward for s in (EDGE, CLOUD)]
+                side = EDGE if r[EDGE] >= r[CLOUD] else CLOUD
+                if side == EDGE and cap and on_edge >= cap[EDGE]:
+                    side = CLOUD
+                on_edge += side == EDGE
+                self._dispatch(i, ctx, side, now, push, transit, owner)
+            return
         if self.strategy == "always_edge":
             sides = [EDGE] * len(batch)
         elif self.strategy == "always_cloud":
             sides = [CLOUD] * len(batch)
-        elif self.strategy == "oracle":
-            scores = np.array([[self._lookahead(i, s, now, transit).reward for s in (EDGE, CLOUD)]
-                               for i in batch])
-            sides = best_assignment(scores, cap)
         else:
             sides = self.bandit.select_batch(ctxs, cap)
         for i, ctx, side in zip(batch, ctxs, sides):
-            dev = self._pick_replica(side)
-            t = now + self.up_delay(i, side)
-            req = self._request(i, t)
-            dev.in_transit += 1
-            transit.append((t, dev, req))
-            owner[req.request_id] = (i, ctx, dev, now)
-            push(t, "deliver", (dev, req))
-            if self.bandit is not None:
-                push(self.workload[i].arrival_s + cfg.slo_ttft_s, "deadline",
-                     (i, ctx, side, dev, req))
+            self._dispatch(i, ctx, side, now, push, transit, owner)
+
+    def _dispatch(self, i, ctx, side, now, push, transit, owner) -> None:
+        dev = self._pick_replica(side)
+        t = now + self.up_delay(i, side)
+        req = self._request(i, t)
+        dev.in_transit += 1
+        transit.append((t, dev, req))
+        owner[req.request_id] = (i, ctx, dev, now)
+        push(t, "deliver", (dev, req))
+        if self.bandit is not None:
+            push(self.workload[i].arrival_s + self.cfg.slo_ttft_s, "deadline",
+                 (i, ctx, side, dev, req))
 
     def _result(self, outcomes: dict[int, Outcome], wall_s: float) -> dict:
         n = len(self.workload)
