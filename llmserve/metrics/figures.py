@@ -143,9 +143,51 @@ def draw(results: dict, kind: str, path: str, latencies=None) -> str | None:
         pts = {"predictive": [(m["rel_error"], m) for m in results["noise_sweep"]]}
         return report.plot_sweep(pts, path, "noisy_oracle relative error", slo_ttft, slo_tpot,
                                  tag)
+    if kind.startswith("cluster:"):
+        return _draw_cluster(results, kind.split(":", 1)[1], path)
+    if kind.startswith("edge_cloud:"):
+        return _draw_edge_cloud(results, kind.split(":", 1)[1], path)
     if kind not in BENCHMARK_FIGURES:
-        raise ValueError(f"figure kind must be one of {sorted(BENCHMARK_FIGURES)}, got {kind!r}")
+        raise ValueError(f"figure kind must be one of {sorted(BENCHMARK_FIGURES)}, "
+                         f"cluster:latency_cdfs_PLACEMENT, cluster:replica_load or "
+                         f"edge_cloud:energy_vs_slo|regret; got {kind!r}")
     return None
+
+
+def _draw_cluster(results: dict, what: str, path: str) -> str | None:
+    """scripts/cluster_bench.py's figures from its cluster_results.json."""
+    from llmserve.cluster import bench as cluster_bench
+    series = {n: {k: np.asarray(v, float) for k, v in s.items()}
+              for n, s in (results.get("series") or {}).items()}
+    if not series:
+        return None
+    if what == "replica_load":
+        return cluster_bench.plot_replica_load(series, path)
+    if what.startswith("latency_cdfs_"):
+        pl = what[len("latency_cdfs_"):]
+        lat = {n.rsplit("/", 1)[0]: s for n, s in series.items() if n.endswith("/" + pl)}
+        if not lat:
+            return None
+        return report.plot_latency_cdfs(
+            lat, path, title=f"{results['num_replicas']} replicas, {pl} routing")
+    raise ValueError(f"cluster figure must be replica_load or latency_cdfs_PLACEMENT, got {what!r}")
+
+
+def _draw_edge_cloud(results: dict, what: str, path: str) -> str | None:
+    """scripts/edge_cloud_bench.py's figures from its edge_cloud.json."""
+    import shutil
+    import tempfile
+
+    from llmserve.cluster import edge_cloud_bench
+    if not results.get("rates"):
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        made = edge_cloud_bench.plot(results, tmp)
+        if what not in made:
+            raise ValueError(f"edge_cloud figure must be one of {sorted(made)}, got {what!r}")
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        shutil.copy(made[what], path)
+    return path
 
 
 def benchmark_figures(results: dict, out_dir: str, latencies=None) -> dict:
@@ -160,7 +202,9 @@ def benchmark_figures(results: dict, out_dir: str, latencies=None) -> dict:
 
 # ---- docs/figures ---------------------------------------------------------------------------
 # docs/figures/<png> <- (docs/results/<json>, kind). The JSON files are the benchmarks'
-# results.json, copied there by scripts/make_figures.py --collect (commands in RESULTS.md).
+# results, copied there by scripts/make_figures.py --collect (commands in RESULTS.md): a
+# benchmark.py results.json (kinds in BENCHMARK_FIGURES), a cluster_bench.py
+# cluster_results.json (cluster:...) or an edge_cloud_bench.py edge_cloud.json (edge_cloud:...).
 DOC_FIGURES = {
     "demo_latency_cdf.png": ("demo.json", "latency_cdf"),
     "demo_policies.png": ("demo.json", "policy_bars"),
@@ -190,12 +234,12 @@ def make_doc_figures(results_dir: str, out_dir: str, only=None) -> dict:
 
 
 def collect(workdirs: dict[str, str], results_dir: str) -> dict:
-    """Copy each benchmark workdir's results.json to results_dir/<name>.json (the inputs
-    docs/figures are drawn from). -> {name: copied path}."""
+    """Copy each benchmark workdir's results.json (or a named .json file) to
+    results_dir/<name>.json, the inputs docs/figures are drawn from. -> {name: copied path}."""
     os.makedirs(results_dir, exist_ok=True)
     out = {}
     for name, wd in workdirs.items():
-        src = os.path.join(wd, "results.json")
+        src = wd if wd.endswith(".json") else os.path.join(wd, "results.json")
         with open(src) as f:
             results = json.load(f)
         out[name] = report.write_json(os.path.join(results_dir, f"{name}.json"), results)

@@ -73,5 +73,20 @@ def test_every_doc_figure_has_its_json_and_a_recipe():
     assert pngs <= set(figures.DOC_FIGURES), \
         f"docs/figures has PNGs no recipe draws: {sorted(pngs - set(figures.DOC_FIGURES))}"
     for png, (src, kind) in figures.DOC_FIGURES.items():
-        assert kind in figures.BENCHMARK_FIGURES, png
+        assert kind in figures.BENCHMARK_FIGURES or kind.split(":")[0] in ("cluster",
+                                                                         "edge_cloud"), png
         assert os.path.exists(os.path.join(root, "docs", "results", src)), (png, src)
+
+
+def test_cluster_figures_from_json(tmp_path):
+    series = {"round_robin/centralized": {"ttft": [0.1, 0.2], "tpot": [0.01, 0.02],
+                                          "e2e": [1.0, 2.0], "t": [0.0, 0.5],
+                                          "outstanding_first": [[1.0, 2.0], [3.0, 1.0]],
+                                          "outstanding_min": [1.0, 1.0],
+                                          "outstanding_median": [2.0, 1.5],
+                                          "outstanding_max": [3.0, 2.0]}}
+    res = json.loads(json.dumps({"num_replicas": 2, "series": series}))
+    for what in ("cluster:replica_load", "cluster:latency_cdfs_centralized"):
+        p = figures.draw(res, what, str(tmp_path / f"{what.split(':')[1]}.png"))
+        assert p and os.path.getsize(p) > 0
+    assert figures.draw(res, "cluster:latency_cdfs_distributed", str(tmp_path / "x.png")) is None
