@@ -40,21 +40,30 @@ class SimRunner:
     def decode_run(self, run, t: float, until: float = math.inf, may_start=None,
                    max_steps: int | None = None) -> tuple[list, list, list, list]:
         """Execute the steps of a Scheduler.plan_decode_run run from clock time t (at most
-        max_steps): each step's rows decode one token; step j > 0 starts only at a time
+        max_steps): each step's rows decode one token (and a prefilling request's chunk
+        runs in the first ones); step j > 0 starts only at a time
         before `until` for which may_start (if given) is true. Returns (starts, step times,
         ends, counts), one entry per step taken; ends are t + the step times added one at a
         time, as a clock stepped by execute() reads them."""
         cm = self.cost_model
         decode_counts = cm.decode_counts
         time_from_counts = cm.time_from_counts
+        from_sums = cm.counts_from_sums
         nseq, context, finishes = run.num_seqs, run.context, run.finishes
+        prefill = run.prefill       # a prefilling request's chunk in the first steps
+        npf = len(prefill)
         n = run.num_steps if max_steps is None else min(max_steps, run.num_steps)
         starts, dts, ends, counts = [], [], [], []
         busy = self.busy_s
         for j in range(n):
             if j and (t >= until or may_start is not None and not may_start(t)):
                 break
-            c = decode_counts(nseq, context)
+            if j < npf:
+                q, ctx, sample = prefill[j]
+                c = from_sums(nseq + q, nseq + sample, context + q * ctx - (q * (q - 1) >> 1),
+                              context + ctx, nseq + 1)
+            else:
+                c = decode_counts(nseq, context)
             dt = time_from_counts(c)
             starts.append(t)
             t += dt

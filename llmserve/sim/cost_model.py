@@ -192,17 +192,19 @@ class CostModel:
                 pairs = (one_row + long * _TILE_Q) * ctx_pad
                 kv_read = (one_row + long) * ctx_pad
             tokens, samples = t_pad, s_pad
-        return self._totals(tokens, samples, pairs, kv_read, nseq)
+        return self.counts_from_sums(tokens, samples, pairs, kv_read, nseq)
 
     def decode_counts(self, nseq: int, context: int) -> tuple[float, float, float, float, int]:
         """counts() of a step of nseq one-token decode rows (no padding) whose contexts, the
         new token included, add up to `context`: the same figures, without the pass over the
         rows (the simulator's runs of decode steps). Only without buckets."""
-        return self._totals(nseq, nseq, context, context, nseq)
+        return self.counts_from_sums(nseq, nseq, context, context, nseq)
 
-    def _totals(self, tokens, samples, pairs, kv_read, nseq):
-        # The one place counts become FLOPs and bytes: counts() and decode_counts() must agree
-        # to the last bit (a decode run's times must be those of its steps one by one).
+    def counts_from_sums(self, tokens: int, samples: int, pairs: int, kv_read: int,
+                         nseq: int) -> tuple[float, float, float, float, int]:
+        """counts() from a step's sums over its rows: tokens computed, rows sampling, causal
+        query-key pairs, cached tokens read, sequences. The one place counts become FLOPs
+        and bytes: counts() and a decode run's steps must agree to the last bit."""
         return (tokens * self.linear_flops_per_token + samples * self.head_flops_per_row,
                 self.weight_bytes + tokens * self.act_bytes_per_token,
                 pairs * self.attn_flops_per_pair,

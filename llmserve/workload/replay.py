@@ -82,12 +82,12 @@ def _decode_run(engine, runner, recorder, run, clock, kv_sample_every, until,
     records = recorder.records
     rows = records.rows
     before = len(rows)
-    rows += [(starts[j], dts[j], c[4], 0, c[4], per_step[j][0], 0, c[0] + c[2], c[1] + c[3])
-             for j, c in enumerate(counts)]
+    rows += [(starts[j], dts[j], per_step[j][3], 0, c[4], per_step[j][0], 0, c[0] + c[2],
+              c[1] + c[3]) for j, c in enumerate(counts)]
     engine.step_times.extend([e - s for s, e in zip(starts, ends)])
     # recorder.sample_kv() after every kv_sample_every-th step record.
     for j in range(-(before + 1) % kv_sample_every, len(counts), kv_sample_every):
-        _, blocks, computed = per_step[j]
+        _, blocks, computed, _ = per_step[j]
         records.kv_reserved_slots.append(blocks * bs)
         records.kv_used_slots.append(min(computed, blocks * bs))
     clock.t = ends[-1]

@@ -37,7 +37,8 @@ def _run(wl, fast, policy="chunked", kv_blocks=4096, budget=512, time_limit=None
         sched.plan_decode_run = lambda *a: plans.append(plan(*a)) or plans[-1]
         # Spied: how many steps each run took and how many requests finished inside it.
         sched.apply_decode_run = lambda run, s, e: (
-            lambda out: runs.append((len(s), len(out[0]))) or out)(apply(run, s, e))
+            lambda out: runs.append((len(s), len(out[0]), run.sample_step is not None))
+            or out)(apply(run, s, e))
     runs = []
     res = replay(eng, wl, seed=3, time_limit_s=time_limit, fast_decode=fast)
     return eng, res, kept, runs
@@ -82,8 +83,8 @@ def _compare(wl, min_run_steps=1, **kw):
     # The fast path really ran (else this compares the slow path with itself), and
     # requests finished inside runs.
     if min_run_steps:
-        assert max(steps for steps, _ in plans) >= min_run_steps
-        assert sum(done for _, done in plans) > 0
+        assert max(r[0] for r in plans) >= min_run_steps
+        assert sum(r[1] for r in plans) > 0
     return slow, plans
 
 
@@ -95,8 +96,10 @@ def _wl(n, rate, seed=0, **kw):
 
 def test_arrivals_mid_run_chunked():
     # ~40 req/s against ~10 ms steps: arrivals cut runs short, many finishes.
-    st, _ = _compare(_wl(120, 40.0), min_run_steps=20)
+    st, runs = _compare(_wl(120, 40.0), min_run_steps=20, budget=128)
     assert st[0]["num_finished"] == 120
+    # Runs that began with a prompt's last chunks and went on decoding it.
+    assert sum(r[2] for r in runs) > 10
 
 
 @pytest.mark.parametrize("policy", ["continuous", "predictive"])
@@ -128,10 +131,23 @@ def test_prefix_caching_with_evictions():
     wl = _wl(80, 60.0, seed=4, num_prefixes=3, prefix_len=96)
     wl += [type(w)(w.arrival_s + 0.001, w.prompt_len, w.output_len, w.prompt_token_ids)
            for w in wl[:20]]
-    st, _ = _compare(wl, kv_blocks=160, enable_prefix_caching=True)
+    st, runs = _compare(wl, kv_blocks=160, enable_prefix_caching=True)
+    assert sum(r[2] for r in runs) > 0
     assert st[0]["num_cache_hit_tokens"] > 0
     assert _run(wl, False, kv_blocks=160, enable_prefix_caching=True)[0] \
         .scheduler.block_manager.num_evictions > 0
+
+
+def test_prompts_chunked_inside_runs():
+    # Prompts chunked over several steps inside runs: one samples its only token and
+    # finishes there, the others go on decoding; decode rows that finish meanwhile give
+    # the next chunk one more token of the budget.
+    from llmserve.workload import WorkloadRequest
+    wl = [WorkloadRequest(0.0, 40, 300), WorkloadRequest(0.0, 30, 3),
+          WorkloadRequest(0.001, 1500, 1), WorkloadRequest(0.3, 1200, 2),
+          WorkloadRequest(0.3005, 20, 2), WorkloadRequest(0.6, 900, 40)]
+    _, runs = _compare(wl, budget=256, min_run_steps=5)
+    assert sum(r[2] for r in runs) >= 2
 
 
 def test_time_limit_mid_run():
