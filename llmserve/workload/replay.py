@@ -61,21 +61,21 @@ def _set_true_length(req, n: int) -> None:
             return
 
 
-def _steps_until(gap: float, step_rows: list, most: int = 1024) -> int:
+def _steps_until(gap: float, dt: float, most: int = 1024) -> int:
     """Steps worth planning for a decode run: about those that fit before the next arrival,
-    judged by the last step's time (a shorter plan only means another run after it)."""
-    dt = step_rows[-1][1] if step_rows else 0.0
+    judged by the last run's last step time (a shorter plan only means another run after
+    it; the last step of all may be a long prefill)."""
     if dt <= 0 or gap >= most * dt:
         return most
     return int(gap / dt * 1.25) + 2
 
 
 def _decode_run(engine, runner, recorder, run, clock, kv_sample_every, until,
-                may_start) -> list:
+                may_start) -> tuple[list, float]:
     """Take the steps of a planned decode run that start before the next arrival (or the
     time cap), with every record a step-by-step run leaves: the scheduler's (apply), the
     recorder's rows and KV samples, the engine's step times, the clock. Returns the
-    requests that finished, in order."""
+    requests that finished, in order, and the last step's time."""
     starts, dts, ends, counts = runner.decode_run(run, clock.t, until, may_start)
     finished, per_step = engine.scheduler.apply_decode_run(run, starts, ends)
     bs = engine.scheduler.config.block_size
@@ -93,7 +93,7 @@ def _decode_run(engine, runner, recorder, run, clock, kv_sample_every, until,
     clock.t = ends[-1]
     if finished and engine._trace_log is not None:
         engine._log_finished(finished)
-    return finished
+    return finished, dts[-1]
 
 
 def prepare(workload: list[WorkloadRequest], *, rate_scale: float = 1.0,
@@ -167,6 +167,7 @@ def replay(engine, workload: list[WorkloadRequest], *, rate_scale: float = 1.0,
                    and recorder._reuse_counts)
     filler = getattr(inner_runner, "filler_token_id", 0)
     in_time = None if time_limit_s is None else (lambda t: t - start < time_limit_s)
+    run_dt = 0.0
     # A simulation allocates and keeps many long-lived objects (requests, token lists,
     # records) and creates no reference cycles worth collecting: the cyclic GC's passes over
     # them are pure overhead, so it is off while the virtual clock runs.
@@ -203,12 +204,13 @@ def replay(engine, workload: list[WorkloadRequest], *, rate_scale: float = 1.0,
             if has_unfinished():
                 if decode_runs and (run := sched.plan_decode_run(
                         filler, _steps_until(due[i] - now if i < n else math.inf,
-                                             step_rows))) is not None:
+                                             run_dt))) is not None:
                     # Steps start before the next arrival and the time cap, as at the top
                     # of this loop.
-                    for r in _decode_run(engine, inner_runner, recorder, run, clock,
-                                         kv_sample_every, due[i] if i < n else math.inf,
-                                         in_time):
+                    done, run_dt = _decode_run(engine, inner_runner, recorder, run, clock,
+                                               kv_sample_every,
+                                               due[i] if i < n else math.inf, in_time)
+                    for r in done:
                         records.add(r)
                         del active[r.request_id]
                     if time.perf_counter() >= next_log:
