@@ -353,8 +353,9 @@ def write(name: str, cells) -> str:
     nb.metadata = {"kernelspec": {"name": "python3", "display_name": "Python 3",
                                   "language": "python"},
                    "language_info": {"name": "python"},
-                   "accelerator": "GPU" if "gpu" in name else "None",
                    "colab": {"provenance": []}}
+    if "gpu" in name:       # Colab opens it on a GPU runtime
+        nb.metadata["accelerator"] = "GPU"
     for i, c in enumerate(nb.cells):
         c["id"] = f"c{i:02d}"
     path = os.path.join(ROOT, "colab", name)
