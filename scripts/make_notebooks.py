@@ -347,7 +347,7 @@ NOTEBOOKS = {
 }
 
 
-def write(name: str, cells) -> str:
+def build(name: str, cells):
     nb = nbformat.v4.new_notebook()
     nb.cells = cells
     nb.metadata = {"kernelspec": {"name": "python3", "display_name": "Python 3",
@@ -358,9 +358,14 @@ def write(name: str, cells) -> str:
         nb.metadata["accelerator"] = "GPU"
     for i, c in enumerate(nb.cells):
         c["id"] = f"c{i:02d}"
+    nbformat.validate(nb)
+    return nb
+
+
+def write(name: str, cells) -> str:
+    nb = build(name, cells)
     path = os.path.join(ROOT, "colab", name)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    nbformat.validate(nb)
     with open(path, "w") as f:
         nbformat.write(nb, f)
     return path

@@ -27,6 +27,19 @@ def test_every_notebook_is_there():
     assert EXPECTED <= set(NOTEBOOKS)
 
 
+def test_notebooks_match_their_generator():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        "make_notebooks", os.path.join(ROOT, "scripts", "make_notebooks.py"))
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    assert set(gen.NOTEBOOKS) == set(NOTEBOOKS)
+    for name, cells in gen.NOTEBOOKS.items():
+        want = [c.source for c in gen.build(name, cells).cells]
+        have = [c.source for c in nbformat.read(os.path.join(COLAB, name), as_version=4).cells]
+        assert have == want, f"{name} differs from scripts/make_notebooks.py: rerun it"
+
+
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_outputs_stripped(name):
     nb = nbformat.read(os.path.join(COLAB, name), as_version=4)
