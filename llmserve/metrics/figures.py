@@ -1,8 +1,9 @@
 """Figures beyond the benchmark's own (report.py): the length predictor's, and every PNG of
 docs/figures rebuilt from the JSON results the benchmarks wrote (scripts/make_figures.py).
 
-Latency CDFs are stored in results.json as quantiles (`latency_quantiles`, 101 points per
-metric and policy), which draw the same curve as the raw samples at a fraction of the size.
+Latency CDFs are stored in results.json as quantiles (`latency_quantiles`, at q = 0.01, 0.02,
+..., 1 per metric and policy), which draw the same curve as the raw samples at a fraction of
+the size.
 """
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ import numpy as np
 
 from llmserve.metrics import report
 
-QUANTILES = np.linspace(0.0, 1.0, 101)
+# q_i = i/n: report.plot_latency_cdfs draws the i-th of n sorted values at height i/n, so
+# these quantiles drawn as "samples" land exactly on the true CDF.
+QUANTILES = np.arange(1, 101) / 100.0
 LATENCY_KEYS = ("ttft", "tpot", "e2e")
 
 
@@ -32,9 +35,11 @@ def latency_quantiles(latencies: dict[str, dict[str, np.ndarray]],
 
 
 def quantiles_as_samples(lq: dict) -> dict[str, dict[str, np.ndarray]]:
-    """The stored quantiles as 'samples' report.plot_latency_cdfs draws: a sorted sample's
-    empirical CDF at points q equals the quantile curve."""
-    return {name: {k: np.asarray(v if v is not None else [], float) for k, v in m.items()}
+    """The stored quantiles as 'samples' for report.plot_latency_cdfs, which puts the i-th of
+    n at height i/n: exact for q_i = i/n (a stored q = 0, the minimum, is dropped)."""
+    keep = np.asarray(lq["q"], float) > 0
+    return {name: {k: np.asarray(v, float)[keep] if v is not None else np.zeros(0)
+                   for k, v in m.items()}
             for name, m in lq["policies"].items()}
 
 

@@ -13,12 +13,19 @@ from llmserve.metrics import figures, report
 def test_latency_quantiles_match_numpy_and_skip_non_finite():
     x = np.array([3.0, 1.0, np.nan, 2.0, np.inf, 4.0])
     lq = figures.latency_quantiles({"p": {"ttft": x, "tpot": np.array([]), "e2e": x * 2}})
-    assert lq["q"][0] == 0.0 and lq["q"][-1] == 1.0 and len(lq["q"]) == 101
+    assert lq["q"][0] == 0.01 and lq["q"][-1] == 1.0 and len(lq["q"]) == 100
     ttft = lq["policies"]["p"]["ttft"]
-    assert ttft[0] == 1.0 and ttft[-1] == 4.0 and ttft[50] == 2.5     # median of 1,2,3,4
+    assert ttft[-1] == 4.0 and ttft[49] == 2.5     # q=0.5: the median of 1,2,3,4
+    np.testing.assert_allclose(ttft, np.quantile([1.0, 2.0, 3.0, 4.0], lq["q"]))
     assert lq["policies"]["p"]["tpot"] is None
     back = figures.quantiles_as_samples(json.loads(json.dumps(lq)))
     assert back["p"]["tpot"].size == 0 and back["p"]["e2e"][-1] == 8.0
+    # Drawn as samples, point i of n sits at height i/n = q_i: the true CDF.
+    y = np.arange(1, back["p"]["ttft"].size + 1) / back["p"]["ttft"].size
+    np.testing.assert_allclose(y, lq["q"])
+    # An older file stored q = 0 (the minimum) too: it is dropped, the rest is the same grid.
+    old = {"q": [0.0] + lq["q"], "policies": {"p": {"ttft": [1.0] + ttft}}}
+    np.testing.assert_allclose(figures.quantiles_as_samples(old)["p"]["ttft"], ttft)
 
 
 def test_interval_coverage_hand_computed():
