@@ -136,12 +136,16 @@ class BlockManager:
             blocks.append(b)
         return True
 
-    def take_block(self) -> int:
-        """One fresh block, ref count 1: a plain free block, else the oldest cached free one
-        evicted (grow's order; the simulator's decode runs grow through it)."""
-        b = self._free.popleft() if self._free else self._evict()
-        self.ref_counts[b] = 1
-        return b
+    def take_blocks(self, blocks: list, n: int) -> None:
+        """Append n fresh blocks (ref count 1) to a block table: plain free blocks first,
+        then the oldest cached free ones evicted (grow's order, without its checks; the
+        simulator's decode runs grow through it after checking the pool themselves)."""
+        free = self._free
+        ref = self.ref_counts
+        for _ in range(n):
+            b = free.popleft() if free else self._evict()
+            ref[b] = 1
+            blocks.append(b)
 
     def _evict(self) -> int:
         b, _ = self._cached_free.popitem(last=False)

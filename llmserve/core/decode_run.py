@@ -44,9 +44,9 @@ class DecodeRun:
         self.finishes = finishes
         self.prefill = prefill
         self.sample_step = sample_step   # the step the prefilling request samples in, or None
-        # Sorted (step, phase, request index, kind): phase 0 = schedule (kind 0: a new
-        # block), phase 1 = update (kind 0: full blocks offered to the prefix cache, kind 1:
-        # the request's last token, it finishes).
+        # Sorted (step, phase, request index, what): phase 0 = schedule (what: new blocks
+        # it grows by), phase 1 = update (what 0: full blocks offered to the prefix cache,
+        # 1: the request's last token, it finishes).
         self.events = events
         self.token = token
 
@@ -63,7 +63,7 @@ def _decode_events(add, i, c, nblocks, first, end, bs, caching):
     # slot past the blocks it has.
     j = first + nblocks * bs - c
     while j < end:
-        add((j, 0, i, 0))
+        add((j, 0, i, 1))
         j += bs
     if caching:
         j = first + (-(c + 1) % bs)     # the step after which a block is full
@@ -125,8 +125,7 @@ def plan(sched, token: int, max_steps: int) -> DecodeRun | None:
             if q < 1:
                 break
             if -(-(c + q) // bs) > nblocks:
-                for _ in range(-(-(c + q) // bs) - nblocks):
-                    add((j, 0, last, 0))
+                add((j, 0, last, -(-(c + q) // bs) - nblocks))
                 nblocks = -(-(c + q) // bs)
             if caching and (c + q) // bs > c // bs:
                 add((j, 1, last, 0))
@@ -170,13 +169,13 @@ def plan(sched, token: int, max_steps: int) -> DecodeRun | None:
         if e[0] >= steps:
             break
         if e[1] == 0:
-            free -= 1
+            free -= e[3]
             if free < 0:
                 steps = e[0]
                 if steps < 1:
                     return None
                 break
-            grown[e[2]] += 1
+            grown[e[2]] += e[3]
         elif e[3] == 1:
             i = e[2]
             blocks = running[i].block_ids
@@ -268,12 +267,12 @@ def apply(sched, run: DecodeRun, starts: list[float], ends: list[float]):
                 if j == k:
                     break
         while e < ne and events[e][0] == j and events[e][1] == 0:     # schedule: growth
-            r = reqs[events[e][2]]
-            if not free:
-                cached_free -= 1
-            r.block_ids.append(bm.take_block())
-            used += 1
-            blocks_run += 1
+            _, _, i, n = events[e]
+            if n > len(free):
+                cached_free -= n - len(free)
+            bm.take_blocks(reqs[i].block_ids, n)
+            used += n
+            blocks_run += n
             e += 1
         used_then = used
         if j < npf:

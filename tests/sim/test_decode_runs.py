@@ -131,10 +131,10 @@ def test_prefix_caching_with_evictions():
     wl = _wl(80, 60.0, seed=4, num_prefixes=3, prefix_len=96)
     wl += [type(w)(w.arrival_s + 0.001, w.prompt_len, w.output_len, w.prompt_token_ids)
            for w in wl[:20]]
-    st, runs = _compare(wl, kv_blocks=160, enable_prefix_caching=True)
+    st, runs = _compare(wl, kv_blocks=160, budget=128, enable_prefix_caching=True)
     assert sum(r[2] for r in runs) > 0
     assert st[0]["num_cache_hit_tokens"] > 0
-    assert _run(wl, False, kv_blocks=160, enable_prefix_caching=True)[0] \
+    assert _run(wl, False, kv_blocks=160, budget=128, enable_prefix_caching=True)[0] \
         .scheduler.block_manager.num_evictions > 0
 
 
