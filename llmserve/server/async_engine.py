@@ -138,6 +138,8 @@ class _Stream:
 
 
 class AsyncLLMEngine:
+    history_steps = 4096          # per-step records kept (see _trim_history)
+
     def __init__(self, engine, model_name: str, *, max_waiting_requests: int = 0,
                  fault_hook: Callable[[RequestOutput], None] | None = None):
         """engine: an LLMEngine, owned by this object from now on.
@@ -261,6 +263,7 @@ class AsyncLLMEngine:
                 self._process(changed)
             elif len(eng.step_times) == n_steps:
                 self._wake.wait(0.001)     # nothing schedulable yet (e.g. static batch timeout)
+            self._trim_history()
             self._publish_stats()
         self._fail_all(EngineShutdownError("the engine stopped"))
 
@@ -344,6 +347,15 @@ class AsyncLLMEngine:
                 loop.call_soon_threadsafe(_put_all, items)
             except RuntimeError:       # that event loop is closed: nobody is listening
                 pass
+
+    def _trim_history(self) -> None:
+        """The engine keeps every step's time and record (benchmarks read them); a server
+        running for days keeps only the last history_steps."""
+        keep = self.history_steps
+        for seq in (self.engine.step_times,
+                    getattr(self.engine.scheduler.step_records, "rows", ())):
+            if len(seq) > 2 * keep:
+                del seq[:-keep]
 
     def _publish_stats(self) -> None:
         eng = self.engine

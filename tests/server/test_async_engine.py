@@ -1,0 +1,98 @@
+"""AsyncLLMEngine on a mock runner (no model): outputs equal the synchronous engine's, input
+errors are raised before anything is yielded, aborts free blocks, history stays bounded."""
+import asyncio
+import time
+
+import pytest
+
+from llmserve.config import EngineConfig
+from llmserve.engine import LLMEngine
+from llmserve.model.config import get_preset
+from llmserve.runner.mock_runner import MockRunner
+from llmserve.sampling_params import SamplingParams
+from llmserve.server.async_engine import AsyncLLMEngine, QueueFullError
+from llmserve.tokenizer import ByteTokenizer
+
+
+class SlowMockRunner(MockRunner):
+    def execute(self, sched_out):
+        time.sleep(0.002)
+        return super().execute(sched_out)
+
+
+def _engine(slow=False, **kw):
+    cfg = dict(max_num_seqs=4, max_model_len=128, num_kv_blocks=64)
+    cfg.update(kw)
+    return LLMEngine(EngineConfig(**cfg), runner=(SlowMockRunner if slow else MockRunner)(256),
+                     model=(get_preset("tiny"), None, ByteTokenizer()))
+
+
+def _collect(ae, prompt, sp, rid, **kw):
+    async def go():
+        outs = []
+        async for o in ae.generate(prompt, sp, rid, **kw):
+            outs.append(o)
+        return outs
+    return go()
+
+
+def test_outputs_match_the_synchronous_engine_and_errors_come_first():
+    sp = SamplingParams(max_tokens=20, ignore_eos=True)
+    sync = _engine()
+    ids = [sync.add_request(p, sp, f"r{i}") for i, p in enumerate(["ab", "cde", "f" * 30])]
+    want = {}
+    while sync.has_unfinished():
+        for o in sync.step():
+            if o.finished:
+                want[o.request_id] = o.token_ids
+    ae = AsyncLLMEngine(_engine(), "mock")
+
+    async def main():
+        await ae.start()
+        res = await asyncio.gather(*(_collect(ae, p, sp, f"r{i}")
+                                     for i, p in enumerate(["ab", "cde", "f" * 30])))
+        with pytest.raises(ValueError, match="top_p"):
+            SamplingParams(top_p=2)
+        with pytest.raises(ValueError, match="exceeds max_model_len"):
+            await _collect(ae, "x" * 120, sp, "too-long")
+        with pytest.raises(ValueError, match="stop"):
+            await _collect(ae, "x", sp, "bad-stop", stop=[""])
+        await ae.shutdown(1.0)
+        return res
+    res = asyncio.run(main())
+    for rid, outs in zip(ids, res):
+        assert outs[-1].finished and outs[-1].token_ids == want[rid]
+        # cumulative snapshots: each extends the previous one
+        for a, b in zip(outs, outs[1:]):
+            assert b.token_ids[:len(a.token_ids)] == a.token_ids
+        assert outs[-1].text == ByteTokenizer().decode(want[rid])
+
+
+def test_abort_frees_blocks_queue_bound_and_bounded_history():
+    ae = AsyncLLMEngine(_engine(slow=True, max_num_seqs=1, max_model_len=512), "mock",
+                        max_waiting_requests=1)
+    ae.history_steps = 50
+    sp = SamplingParams(max_tokens=400, ignore_eos=True)
+
+    async def main():
+        await ae.start()
+        long_run = ae.generate("a", sp, "long")
+        first = await long_run.__anext__()           # running
+        waiting = asyncio.ensure_future(_collect(ae, "b", SamplingParams(max_tokens=300,
+                                                                         ignore_eos=True), "w"))
+        for _ in range(2000):
+            if ae.stats()["num_waiting"] >= 1:
+                break
+            await asyncio.sleep(0.001)
+        with pytest.raises(QueueFullError):
+            await _collect(ae, "c", sp, "refused")
+        await long_run.aclose()                      # the client went away
+        outs = await asyncio.wait_for(waiting, 30)
+        await ae.shutdown(1.0)
+        return first, outs
+    first, outs = asyncio.run(main())
+    assert not first.finished and len(outs[-1].token_ids) == 300
+    st = ae.stats()
+    assert st["num_aborted"] == 1 and st["kv_blocks_used"] == 0
+    ae.engine.scheduler.block_manager.check_all_free()
+    assert len(ae.engine.step_times) <= 100 and len(ae.engine.scheduler.step_records) <= 100
