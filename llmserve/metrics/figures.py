@@ -218,6 +218,15 @@ DOC_FIGURES = {
     "sim_h100_budget_sweep.png": ("sim_azure_sweeps.json", "budget_sweep"),
     "sim_h100_noise_sweep.png": ("sim_azure_sweeps.json", "noise_sweep"),
     "fidelity_latency_cdf.png": ("fidelity.json", "latency_cdf"),
+    # The edge/cloud section keeps its JSON beside its figures.
+    "edge_cloud/dedicated_cloud_energy_vs_slo.png": ("../figures/edge_cloud/dedicated_cloud.json",
+                                                     "edge_cloud:energy_vs_slo"),
+    "edge_cloud/dedicated_cloud_regret.png": ("../figures/edge_cloud/dedicated_cloud.json",
+                                              "edge_cloud:regret"),
+    "edge_cloud/shared_cloud_energy_vs_slo.png": ("../figures/edge_cloud/shared_cloud.json",
+                                                  "edge_cloud:energy_vs_slo"),
+    "edge_cloud/shared_cloud_regret.png": ("../figures/edge_cloud/shared_cloud.json",
+                                           "edge_cloud:regret"),
 }
 
 
