@@ -45,13 +45,14 @@ def single_engine_replay(wl, engine, seed=0):
     ({**ENGINE, "num_kv_blocks": 400, "enable_prefix_caching": True}, 4),
 ])
 def test_one_replica_equals_the_single_replica_simulator(engine, prefixes):
-    wl = workload(150, 60.0, num_prefixes=prefixes, prefix_len=64 if prefixes else 0,
+    n = 100
+    wl = workload(n, 60.0, num_prefixes=prefixes, prefix_len=64 if prefixes else 0,
                   vocab_size=1000)
     ref = single_engine_replay(wl, engine)
     res = simulate(cfg(replicas="h100-80gb:1", engine=engine, policy="round_robin"), wl)
     a, b = ref.requests, res.requests
     oa, ob = np.argsort(a["arrival"], kind="stable"), np.argsort(b["arrival"], kind="stable")
-    assert len(oa) == len(ob) == 150
+    assert len(oa) == len(ob) == n
     for f in ("arrival", "first_scheduled", "first_token", "finish", "prompt_len",
               "output_len", "preemptions", "cached_tokens"):
         np.testing.assert_array_equal(a[f][oa], b[f][ob], err_msg=f)
