@@ -1,5 +1,5 @@
 """The OpenAI API through the official `openai` client against a live server (tiny model):
-results checked against the offline engine (LLMEngine on the same weights), usage against
+results checked against LLM.generate (offline, its own copy of the weights), usage against
 the tokenizer, errors by status, type and param."""
 import json
 import threading
@@ -9,8 +9,9 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import openai
 import pytest
-from engine_utils import engine, generate, tiny_model
+from engine_utils import tiny_model
 
+from llmserve import LLM
 from llmserve.sampling_params import SamplingParams
 
 NO_EOS = {"ignore_eos": True}
@@ -26,11 +27,12 @@ def client(tiny_server):
 @pytest.fixture(scope="module")
 def oracle():
     """Greedy outputs of the offline engine for PROMPTS (16 tokens) and the chat prompt."""
-    # The server's engine config, so the compiled step shapes are shared.
-    eng = engine(max_num_seqs=32, max_model_len=256, max_num_batched_tokens=256)
+    # LLM.generate with its own weights (same preset and seed) and the server's engine
+    # config, so the compiled step shapes are shared.
+    llm = LLM("tiny", max_num_seqs=32, max_model_len=256, max_num_batched_tokens=256)
     sp = SamplingParams(max_tokens=16, temperature=0.0, logprobs=True)
     chat_prompt = "<|system|>\nBe brief.\n<|user|>\nHi there\n<|assistant|>\n"   # by hand
-    outs = generate(eng, PROMPTS + [chat_prompt], sp)
+    outs = llm.generate(PROMPTS + [chat_prompt], sp)
     return {"completions": outs[:-1], "chat": outs[-1]}
 
 
@@ -44,7 +46,7 @@ def test_models_and_health(tiny_server, client):
     assert r.status_code == 200 and r.json() == {"status": "ok"}
 
 
-def test_greedy_completions_equal_offline_engine(client, oracle):
+def test_greedy_completions_equal_llm_generate(client, oracle):
     # Sent concurrently, so the server batches them differently from the offline run.
     def one(p):
         return client.completions.create(model="tiny", prompt=p, max_tokens=16, temperature=0)
