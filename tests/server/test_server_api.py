@@ -273,3 +273,31 @@ def test_server_survives_a_burst_of_bad_requests(tiny_server, client):
         t.join()
     assert set(errs) == {400}
     assert client.completions.create(model="tiny", prompt="ok", max_tokens=2).usage
+
+
+def test_metrics_report_engine_state_and_finished_requests(tiny_server, client):
+    def scrape():
+        out = {}
+        for line in httpx.get(tiny_server.url + "/metrics").text.splitlines():
+            if not line.startswith("#"):
+                k, v = line.rsplit(" ", 1)
+                out[k] = float(v)
+        return out
+    before = scrape()
+    r = client.completions.create(model="tiny", prompt="count me", max_tokens=5,
+                                  temperature=0, extra_body=NO_EOS)
+    m = scrape()
+    gen = "llmserve_generation_tokens_total"
+    assert m[gen] - before.get(gen, 0) == r.usage.completion_tokens == 5
+    assert m["llmserve_prompt_tokens_total"] - before.get("llmserve_prompt_tokens_total", 0) \
+        == r.usage.prompt_tokens
+    for h in ("llmserve_time_to_first_token_seconds_count",
+              "llmserve_time_per_output_token_seconds_count",
+              "llmserve_e2e_request_latency_seconds_count"):
+        assert m[h] - before.get(h, 0) == 1
+    for g in ("llmserve_num_requests_running", "llmserve_num_requests_waiting",
+              "llmserve_kv_blocks_used", "llmserve_kv_blocks_free", "llmserve_kv_blocks_cached",
+              "llmserve_preemptions_total", "llmserve_prefix_cache_hit_tokens_total"):
+        assert g in m
+    assert m["llmserve_kv_blocks_total"] == tiny_server.engine.stats()["kv_blocks_total"]
+    assert m['llmserve_http_responses_total{endpoint="completions",status="200"}'] >= 1
