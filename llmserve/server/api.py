@@ -77,7 +77,7 @@ async def _read_json(request: Request, limit: int):
         chunks.append(chunk)
     try:
         return json.loads(b"".join(chunks))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
         raise APIError(400, f"the request body is not valid JSON: {e}", None,
                        "invalid_json") from None
 

@@ -235,6 +235,8 @@ def test_malformed_json_body_too_large_and_unknown_route(tiny_server):
     assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
     r = _post(tiny_server.url, None, raw=b"[1, 2]")
     assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
+    r = _post(tiny_server.url, None, raw=b"[" * 20000 + b"]" * 20000)    # too deep to parse
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
     r = _post(tiny_server.url, {**OK, "prompt": "x" * (70 * 1024)})   # limit: 64 KiB
     assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
 
