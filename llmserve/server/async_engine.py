@@ -247,7 +247,12 @@ class AsyncLLMEngine:
         eng = self.engine
         while not self._stopping:
             self._wake.clear()
-            self._apply_commands()
+            try:
+                self._apply_commands()
+            except Exception as e:    # a dead engine thread would hang every request
+                log.exception("applying requests to the engine failed")
+                self._fail_all(RequestFailedError(f"engine error: {e!r}"))
+                continue
             if not eng.has_unfinished():
                 self._publish_stats()
                 self._wake.wait(0.5)
