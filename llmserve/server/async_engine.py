@@ -276,31 +276,33 @@ class AsyncLLMEngine:
         cmds = self._cmds
         eng = self.engine
         out: dict = {}
-        while cmds:
-            cmd = cmds.popleft()
-            kind = cmd[0]
-            if kind == "add":
-                _, rid, ids, sp, stream = cmd
-                try:
-                    if self.max_waiting_requests and \
-                            eng.scheduler.num_waiting >= self.max_waiting_requests:
-                        raise QueueFullError(
-                            f"the waiting queue is full ({self.max_waiting_requests} requests); "
-                            "retry later", retry_after_s=1.0)
-                    eng.add_request(ids, sp, rid)
-                except Exception as e:  # delivered to that request only
-                    out.setdefault(stream.loop, []).append((stream.queue, e))
-                    continue
-                self._streams[rid] = stream
-            elif kind == "abort":
-                if self._streams.pop(cmd[1], None) is not None:
-                    eng.abort(cmd[1])
-            elif kind == "abort_all":
-                for rid, stream in self._streams.items():
-                    eng.abort(rid)
-                    out.setdefault(stream.loop, []).append((stream.queue, cmd[1]))
-                self._streams.clear()
-        self._deliver(out)
+        try:
+            while cmds:
+                cmd = cmds.popleft()
+                kind = cmd[0]
+                if kind == "add":
+                    _, rid, ids, sp, stream = cmd
+                    try:
+                        if self.max_waiting_requests and \
+                                eng.scheduler.num_waiting >= self.max_waiting_requests:
+                            raise QueueFullError(
+                                f"the waiting queue is full ({self.max_waiting_requests} "
+                                "requests); retry later", retry_after_s=1.0)
+                        eng.add_request(ids, sp, rid)
+                    except Exception as e:  # delivered to that request only
+                        out.setdefault(stream.loop, []).append((stream.queue, e))
+                        continue
+                    self._streams[rid] = stream
+                elif kind == "abort":
+                    if self._streams.pop(cmd[1], None) is not None:
+                        eng.abort(cmd[1])
+                elif kind == "abort_all":
+                    for rid, stream in self._streams.items():
+                        eng.abort(rid)
+                        out.setdefault(stream.loop, []).append((stream.queue, cmd[1]))
+                    self._streams.clear()
+        finally:           # refusals already decided must reach their clients
+            self._deliver(out)
 
     def _process(self, changed) -> None:
         out: dict = {}
