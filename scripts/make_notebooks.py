@@ -219,17 +219,9 @@ print("predict latency (token ids):", round(ev["latency"]["token_ids"]["ms_per_r
     md("## Predicted vs true, and the interval's calibration"),
     code('''\
 from IPython.display import Image, display
-from ml_collections import ConfigDict
 from llmserve.metrics import figures
-from llmserve.predictor import data as data_lib
-from llmserve.predictor.serve import LengthPredictor
-from llmserve.predictor.train import build_datasets
 
-predictor = LengthPredictor.load(workdir)
-c = ConfigDict(predictor.meta["config"])
-c.data.split = tuple(c.data.split)
-_, _, test_ds, _ = build_datasets(c, data_lib.tokenizer_for(c.tokenizer))
-figs = figures.predictor_figures(predictor, test_ds, "results/nb_predictor")
+figs = figures.checkpoint_figures(workdir, "results/nb_predictor")
 print("coverage by nominal interval:", {k: round(v, 3) for k, v in figs["coverage"].items()})
 display(Image(figs["predicted_vs_true"]), Image(figs["calibration"]))'''),
     md("## Predictive scheduling with the checkpoint\nThe held-out prompts as a workload "

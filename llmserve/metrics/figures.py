@@ -258,3 +258,18 @@ def collect(workdirs: dict[str, str], results_dir: str) -> dict:
             results = json.load(f)
         out[name] = report.write_json(os.path.join(results_dir, f"{name}.json"), results)
     return out
+
+
+def checkpoint_figures(workdir: str, out_dir: str) -> dict:
+    """predictor_figures for the checkpoint in workdir on the held-out test split of the data it
+    was trained on (rebuilt from the config stored in the checkpoint, as evaluation does)."""
+    from ml_collections import ConfigDict
+
+    from llmserve.predictor import data as data_lib
+    from llmserve.predictor.serve import LengthPredictor
+    from llmserve.predictor.train import build_datasets
+    predictor = LengthPredictor.load(workdir)
+    config = ConfigDict(predictor.meta["config"])
+    config.data.split = tuple(config.data.split)
+    _, _, test_ds, _ = build_datasets(config, data_lib.tokenizer_for(config.tokenizer))
+    return predictor_figures(predictor, test_ds, out_dir)
