@@ -244,7 +244,8 @@ print(bench.format_results(res))'''),
 
 KERNELS = [
     md("# Pallas kernels on a GPU\n\nOn a GPU runtime (Colab: Runtime > Change runtime type > "
-       "GPU, then `pip install -e .[cuda12]`): the paged decode and ragged attention kernels "
+       "GPU; the set-up cell then installs the `cuda12` extra; locally `pip install -e "
+       ".[cuda12]`): the paged decode and ragged attention kernels "
        "against their plain-jnp references, and their speed against the roofline. On a CPU "
        "this notebook says so and runs the same correctness check in Pallas interpret mode on "
        "tiny shapes."),
