@@ -72,10 +72,26 @@ def _decode_events(add, i, c, nblocks, first, end, bs, caching):
             j += bs
 
 
+def _overrides(cls) -> bool:
+    """Whether a Scheduler subclass changes a step (then its runs are not these)."""
+    from llmserve.core.scheduler import Scheduler
+    return any(getattr(cls, f) is not getattr(Scheduler, f) for f in _STEP_METHODS)
+
+
+_STEP_METHODS = ("schedule", "update_from_output", "_after_update", "_record", "_finish",
+                 "_stop_status", "_release")
+_plain: dict[type, bool] = {}
+
+
 def plan(sched, token: int, max_steps: int) -> DecodeRun | None:
     cfg = sched.config
     running = sched.running
-    if (cfg.batching != "continuous" or not running or sched._arrivals or len(sched.waiting)
+    cls = type(sched)
+    plain = _plain.get(cls)
+    if plain is None:
+        plain = _plain[cls] = not _overrides(cls)
+    if (not plain or cfg.batching != "continuous" or not running or sched._arrivals
+            or len(sched.waiting)
             or len(running) > cfg.max_num_batched_tokens or sched._pending is not None
             or sched._scheduled or max_steps < 1):
         return None

@@ -160,6 +160,30 @@ def test_static_is_stepped_one_by_one():
     assert not plans
 
 
+def test_a_subclass_that_changes_a_step_gets_no_runs():
+    from llmserve.core.scheduler import Scheduler, SchedulerConfig
+
+    class Logged(Scheduler):
+        def update_from_output(self, *a):
+            return super().update_from_output(*a)
+
+    sched = Logged(SchedulerConfig())
+    from llmserve.core.request import Request
+    from llmserve.sampling_params import SamplingParams
+    sched.add_request(Request("a", [1, 2, 3], SamplingParams(max_tokens=50), 0.0))
+    out = sched.schedule(0.0)
+    sched.update_from_output(out, SimRunner(CostModel(MODEL, get_hardware("h100-80gb")))
+                             .execute(out), 0.01)
+    assert sched.plan_decode_run(0) is None
+    plain = Scheduler(SchedulerConfig())
+    plain.add_request(Request("a", [1, 2, 3], SamplingParams(max_tokens=50), 0.0))
+    out = plain.schedule(0.0)
+    plain.update_from_output(out, SimRunner(CostModel(MODEL, get_hardware("h100-80gb")))
+                             .execute(out), 0.01)
+    run = plain.plan_decode_run(0)
+    assert run is not None and run.num_steps == 49 and run.context == 4
+
+
 def test_decode_counts_equal_counts_of_the_step():
     cm = CostModel(MODEL, get_hardware("h100-80gb"))
     starts = [0, 15, 16, 700, 2046]
