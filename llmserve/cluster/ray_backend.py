@@ -301,8 +301,9 @@ class RayRouter:
                 return
             self._by_replica[f.replica].discard(request_id)
             self.policy.on_finish(request_id, f.replica)
-            actor = self.actors[f.replica]
-        actor.abort.remote(request_id)
+            actor = self.actors[f.replica] if self.alive[f.replica] else None
+        if actor is not None:      # a dead one has nothing left to free
+            actor.abort.remote(request_id)
 
     def generate(self, prompts: Sequence, sampling_params=None) -> list[RequestOutput]:
         """LLM.generate over the cluster: outputs in input order (blocking)."""

@@ -117,6 +117,26 @@ def test_openai_server_over_two_replicas(router):
         assert http.get("/metrics").status_code == 200
 
 
+def test_abort_frees_the_replicas_blocks(router):
+    got = []
+    rid = router.submit(_prompts(1, 3)[0], SamplingParams(max_tokens=200, ignore_eos=True,
+                                                          temperature=0.0),
+                        listener=got.append)
+    deadline = time.monotonic() + 60
+    while not got:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    router.abort(rid)
+    while True:         # the replicas' next polls report the freed blocks
+        st = router.stats()
+        if st["kv_blocks_used"] == 0 and st["num_running"] == 0:
+            break
+        assert time.monotonic() < deadline, st
+        time.sleep(0.05)
+    assert st["num_in_flight"] == 0 and st["num_aborted"] >= 1
+    assert not got[-1].finished and len(got[-1].token_ids) < 200
+
+
 def test_killed_replica_loses_no_request(router):
     prompts = _prompts(6, 2)
     sp = SamplingParams(max_tokens=40, temperature=0.0, ignore_eos=True)
