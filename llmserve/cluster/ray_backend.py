@@ -341,7 +341,8 @@ class RayRouter:
     # ---- load and stats -------------------------------------------------------------------
     def replica_states(self) -> list:
         """What the policy sees: in-flight counts and outstanding tokens from the driver's own
-        bookkeeping (exact), KV blocks from the last poll (one poll old)."""
+        bookkeeping (exact), KV blocks from the last poll (one poll old). No length predictor
+        runs in the driver: predicted_work is the requests' remaining max_tokens."""
         from llmserve.cluster.router import ReplicaState
         states = []
         for i in range(len(self.actors)):
@@ -355,7 +356,8 @@ class RayRouter:
                 outstanding_tokens=prefill + remaining_out,
                 free_kv_blocks=st.get("kv_blocks_free", 0),
                 total_kv_blocks=max(1, st.get("kv_blocks_total", 1)),
-                predicted_work=float(remaining_out), alive=self.alive[i]))
+                predicted_work=float(remaining_out), alive=self.alive[i],
+                prefill_tokens=prefill))
         return states
 
     def stats(self) -> dict:
