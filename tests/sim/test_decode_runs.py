@@ -20,12 +20,13 @@ from llmserve.workload.synthetic import synthetic_workload
 MODEL = get_preset("llama3-8b")
 
 
-def _run(wl, fast, policy="chunked", kv_blocks=4096, budget=512, time_limit=None, **knobs):
+def _run(wl, fast, policy="chunked", kv_blocks=4096, budget=512, time_limit=None, tp=1,
+         **knobs):
     ec = EngineConfig(policy=policy, model="llama3-8b", load_format="dummy",
                       num_kv_blocks=kv_blocks, max_model_len=2048, max_num_seqs=64,
                       max_num_batched_tokens=budget if policy in ("chunked", "predictive")
                       else 2048, **knobs)
-    runner = SimRunner(CostModel(MODEL, get_hardware("h100-80gb")))
+    runner = SimRunner(CostModel(MODEL, get_hardware("h100-80gb"), tp=tp))
     eng = LLMEngine(ec, runner=runner, model=(MODEL, None, None), clock=VirtualClock())
     sched = eng.scheduler
     kept = []
@@ -100,6 +101,11 @@ def test_arrivals_mid_run_chunked():
     assert st[0]["num_finished"] == 120
     # Runs that began with a prompt's last chunks and went on decoding it.
     assert sum(r[2] for r in runs) > 10
+
+
+def test_tensor_parallel_cost_model():
+    # The all-reduce term is part of every step's time, in runs as in single steps.
+    _compare(_wl(60, 40.0, seed=7), budget=128, tp=2, min_run_steps=10)
 
 
 @pytest.mark.parametrize("policy", ["continuous", "predictive"])
