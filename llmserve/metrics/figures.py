@@ -247,15 +247,51 @@ def make_doc_figures(results_dir: str, out_dir: str, only=None) -> dict:
     return out
 
 
+MAX_LOAD_SAMPLES = 1500
+
+
+def slim_cluster_results(results: dict) -> dict:
+    """A cluster_results.json small enough to keep in the repository: each run's per-request
+    TTFT/TPOT/E2E become their quantiles at QUANTILES (the CDF plot draws them exactly), and the
+    load samples keep every k-th time point, at most MAX_LOAD_SAMPLES."""
+    out = dict(results)
+    series = {}
+    for name, s in (results.get("series") or {}).items():
+        s = dict(s)
+        for k in LATENCY_KEYS:
+            x = np.asarray(s.get(k, []), float)
+            x = x[np.isfinite(x)]
+            s[k] = np.quantile(x, QUANTILES).tolist() if x.size else []
+        t = np.asarray(s.get("t", []))
+        step = max(1, -(-len(t) // MAX_LOAD_SAMPLES))
+        if step > 1:
+            s["t"] = t[::step].tolist()
+            for k in ("outstanding_min", "outstanding_median", "outstanding_max"):
+                s[k] = np.asarray(s[k])[::step].tolist()
+            s["outstanding_first"] = [np.asarray(r)[::step].tolist()
+                                      for r in s["outstanding_first"]]
+        series[name] = s
+    out["series"] = series
+    out["slimmed"] = {"latency": "quantiles", "load_sample_stride": "<= "
+                      f"{MAX_LOAD_SAMPLES} time points"}
+    return out
+
+
 def collect(workdirs: dict[str, str], results_dir: str) -> dict:
     """Copy each benchmark workdir's results.json (or a named .json file) to
     results_dir/<name>.json, the inputs docs/figures are drawn from. -> {name: copied path}."""
     os.makedirs(results_dir, exist_ok=True)
     out = {}
     for name, wd in workdirs.items():
-        src = wd if wd.endswith(".json") else os.path.join(wd, "results.json")
+        src = wd
+        if not wd.endswith(".json"):    # the file each benchmark script writes to its workdir
+            src = next((os.path.join(wd, f) for f in ("results.json", "cluster_results.json",
+                                                      "edge_cloud.json")
+                        if os.path.exists(os.path.join(wd, f))), os.path.join(wd, "results.json"))
         with open(src) as f:
             results = json.load(f)
+        if results.get("series"):      # a cluster benchmark's: megabytes of raw samples
+            results = slim_cluster_results(results)
         out[name] = report.write_json(os.path.join(results_dir, f"{name}.json"), results)
     return out
 

@@ -99,3 +99,23 @@ def test_cluster_figures_from_json(tmp_path):
         p = figures.draw(res, what, str(tmp_path / f"{what.split(':')[1]}.png"))
         assert p and os.path.getsize(p) > 0
     assert figures.draw(res, "cluster:latency_cdfs_distributed", str(tmp_path / "x.png")) is None
+
+
+def test_slim_cluster_results_keeps_the_figures_data():
+    rng = np.random.default_rng(0)
+    ttft = rng.exponential(0.1, 5000)
+    t = np.arange(4000) * 0.5
+    load = rng.integers(0, 100, (3, 4000)).astype(float)
+    res = {"num_replicas": 3, "series": {"p/centralized": {
+        "ttft": ttft.tolist(), "tpot": [], "e2e": (ttft * 10).tolist(), "t": t.tolist(),
+        "outstanding_first": load.tolist(), "outstanding_min": load.min(0).tolist(),
+        "outstanding_median": np.median(load, 0).tolist(),
+        "outstanding_max": load.max(0).tolist()}}}
+    slim = figures.slim_cluster_results(res)
+    s = slim["series"]["p/centralized"]
+    np.testing.assert_allclose(s["ttft"], np.quantile(ttft, figures.QUANTILES))
+    assert s["tpot"] == []
+    assert len(s["t"]) <= figures.MAX_LOAD_SAMPLES and s["t"][:2] == [0.0, 1.5]   # stride 3
+    assert s["outstanding_max"] == load.max(0)[::3].tolist()
+    assert len(s["outstanding_first"]) == 3 and len(s["outstanding_first"][0]) == len(s["t"])
+    assert len(json.dumps(slim)) < len(json.dumps(res)) / 5
