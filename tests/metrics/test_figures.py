@@ -79,8 +79,10 @@ def test_every_doc_figure_has_its_json_and_a_recipe():
     fig_dir = os.path.join(root, "docs", "figures")
     pngs = {os.path.relpath(os.path.join(d, f), fig_dir) for d, _, fs in os.walk(fig_dir)
             for f in fs if f.endswith(".png")}
-    assert pngs <= set(figures.DOC_FIGURES), \
-        f"docs/figures has PNGs no recipe draws: {sorted(pngs - set(figures.DOC_FIGURES))}"
+    assert pngs <= set(figures.DOC_FIGURES), (
+        f"docs/figures has PNGs no recipe draws: {sorted(pngs - set(figures.DOC_FIGURES))}; "
+        "add each to DOC_FIGURES in llmserve/metrics/figures.py with its JSON, copied by "
+        "`python scripts/make_figures.py --collect=NAME=WORKDIR`")
     for png, (src, kind) in figures.DOC_FIGURES.items():
         assert kind in figures.BENCHMARK_FIGURES or kind.split(":")[0] in ("cluster",
                                                                          "edge_cloud"), png
