@@ -1,9 +1,9 @@
 """Figures beyond the benchmark's own (report.py): the length predictor's, and every PNG of
 docs/figures rebuilt from the JSON results the benchmarks wrote (scripts/make_figures.py).
 
-Latency CDFs are stored in results.json as quantiles (`latency_quantiles`, at q = 0.01, 0.02,
-..., 1 per metric and policy), which draw the same curve as the raw samples at a fraction of
-the size.
+Latency CDFs are stored in results.json as quantiles (`latency_quantiles`: the levels `q`
+0, 0.005, ..., 1, with the minimum and maximum, and each policy's values there), drawn at their
+levels: the curve of the raw samples at those points, at a fraction of the size.
 """
 from __future__ import annotations
 
@@ -15,9 +15,7 @@ import numpy as np
 
 from llmserve.metrics import report
 
-# q_i = i/n: report.plot_latency_cdfs draws the i-th of n sorted values at height i/n, so
-# these quantiles drawn as "samples" land exactly on the true CDF.
-QUANTILES = np.arange(1, 101) / 100.0
+QUANTILES = np.linspace(0.0, 1.0, 201)
 LATENCY_KEYS = ("ttft", "tpot", "e2e")
 
 
@@ -34,13 +32,11 @@ def latency_quantiles(latencies: dict[str, dict[str, np.ndarray]],
     return {"q": [float(v) for v in q], "policies": out}
 
 
-def quantiles_as_samples(lq: dict) -> dict[str, dict[str, np.ndarray]]:
-    """The stored quantiles as 'samples' for report.plot_latency_cdfs, which puts the i-th of
-    n at height i/n: exact for q_i = i/n (a stored q = 0, the minimum, is dropped)."""
-    keep = np.asarray(lq["q"], float) > 0
-    return {name: {k: np.asarray(v, float)[keep] if v is not None else np.zeros(0)
-                   for k, v in m.items()}
-            for name, m in lq["policies"].items()}
+def quantile_arrays(lq: dict) -> tuple[dict[str, dict[str, np.ndarray]], np.ndarray]:
+    """The stored quantiles as arrays for report.plot_latency_cdfs(..., levels=q)."""
+    lat = {name: {k: np.asarray(v if v is not None else [], float) for k, v in m.items()}
+           for name, m in lq["policies"].items()}
+    return lat, np.asarray(lq["q"], float)
 
 
 # ---- length predictor ----------------------------------------------------------------------
@@ -124,11 +120,12 @@ def draw(results: dict, kind: str, path: str, latencies=None) -> str | None:
     slo_ttft, slo_tpot = _get(cfg, "slo.ttft_s", 2.0), _get(cfg, "slo.tpot_s", 0.1)
     tag = f"{results.get('runner')} {results.get('hardware')} {_get(cfg, 'model.preset')}"
     if kind == "latency_cdf":
+        levels = None
         if latencies is None and results.get("latency_quantiles"):
-            latencies = quantiles_as_samples(results["latency_quantiles"])
+            latencies, levels = quantile_arrays(results["latency_quantiles"])
         if not latencies:
             return None
-        return report.plot_latency_cdfs(latencies, path, title=tag)
+        return report.plot_latency_cdfs(latencies, path, title=tag, levels=levels)
     if kind == "policy_bars":
         if not results.get("policies"):
             return None
@@ -164,6 +161,7 @@ def _draw_cluster(results: dict, what: str, path: str) -> str | None:
     from llmserve.cluster import bench as cluster_bench
     series = {n: {k: np.asarray(v, float) for k, v in s.items()}
               for n, s in (results.get("series") or {}).items()}
+    levels = (results.get("slimmed") or {}).get("latency_q")
     if not series:
         return None
     if what == "replica_load":
@@ -174,7 +172,7 @@ def _draw_cluster(results: dict, what: str, path: str) -> str | None:
         if not lat:
             return None
         return report.plot_latency_cdfs(
-            lat, path, title=f"{results['num_replicas']} replicas, {pl} routing")
+            lat, path, title=f"{results['num_replicas']} replicas, {pl} routing", levels=levels)
     raise ValueError(f"cluster figure must be replica_load or latency_cdfs_PLACEMENT, got {what!r}")
 
 
@@ -218,6 +216,17 @@ DOC_FIGURES = {
     "sim_h100_budget_sweep.png": ("sim_azure_sweeps.json", "budget_sweep"),
     "sim_h100_noise_sweep.png": ("sim_azure_sweeps.json", "noise_sweep"),
     "fidelity_latency_cdf.png": ("fidelity.json", "latency_cdf"),
+    # Cluster routing (RESULTS, issue 8): slimmed cluster_results.json of each run.
+    **{f"cluster_{run}_{fig}.png": (f"cluster_{run}.json", f"cluster:{fig}")
+       for run, figs in (("azure8", ("latency_cdfs_centralized", "latency_cdfs_distributed",
+                                     "replica_load")),
+                         ("azure64", ("latency_cdfs_centralized", "latency_cdfs_distributed",
+                                      "replica_load")),
+                         ("hetero8", ("latency_cdfs_centralized", "replica_load")),
+                         ("prefix200", ("latency_cdfs_centralized", "latency_cdfs_distributed",
+                                        "replica_load")),
+                         ("prefix200_r30", ("latency_cdfs_centralized", "replica_load")))
+       for fig in figs},
     # The edge/cloud section keeps its JSON beside its figures.
     "edge_cloud/dedicated_cloud_energy_vs_slo.png": ("../figures/edge_cloud/dedicated_cloud.json",
                                                      "edge_cloud:energy_vs_slo"),
@@ -252,8 +261,8 @@ MAX_LOAD_SAMPLES = 1500
 
 def slim_cluster_results(results: dict) -> dict:
     """A cluster_results.json small enough to keep in the repository: each run's per-request
-    TTFT/TPOT/E2E become their quantiles at QUANTILES (the CDF plot draws them exactly), and the
-    load samples keep every k-th time point, at most MAX_LOAD_SAMPLES."""
+    TTFT/TPOT/E2E become their quantiles at QUANTILES (drawn at those levels), and the load
+    samples keep every k-th time point, at most MAX_LOAD_SAMPLES."""
     out = dict(results)
     series = {}
     for name, s in (results.get("series") or {}).items():
@@ -272,8 +281,8 @@ def slim_cluster_results(results: dict) -> dict:
                                       for r in s["outstanding_first"]]
         series[name] = s
     out["series"] = series
-    out["slimmed"] = {"latency": "quantiles", "load_sample_stride": "<= "
-                      f"{MAX_LOAD_SAMPLES} time points"}
+    out["slimmed"] = {"latency_q": QUANTILES.tolist(),
+                      "load_samples": f"every k-th, at most {MAX_LOAD_SAMPLES}"}
     return out
 
 

@@ -80,17 +80,29 @@ def _plt():
     return plt
 
 
+def cdf_points(values, levels=None) -> tuple[np.ndarray, np.ndarray]:
+    """(x, y) of an empirical CDF: raw samples (y = i/n for the i-th smallest), or, with
+    `levels`, values that are already the quantiles at those levels (y = levels)."""
+    x = np.asarray(values, float)
+    if levels is None:
+        x = np.sort(x[np.isfinite(x)])
+        return x, np.arange(1, x.size + 1) / max(x.size, 1)
+    keep = np.isfinite(x)
+    return x[keep], np.asarray(levels, float)[keep]
+
+
 def plot_latency_cdfs(latencies: dict[str, dict[str, np.ndarray]], path: str,
-                      title: str = "") -> str:
-    """One panel per metric (TTFT, TPOT, E2E), one CDF line per policy."""
+                      title: str = "", levels=None) -> str:
+    """One panel per metric (TTFT, TPOT, E2E), one CDF line per policy. With `levels`, each
+    array holds quantiles at those levels (stored CDFs) instead of raw samples."""
     plt = _plt()
     fig, axes = plt.subplots(1, 3, figsize=(10, 3))
     for ax, (key, unit, scale) in zip(axes, (("ttft", "ms", 1e3), ("tpot", "ms", 1e3),
                                              ("e2e", "s", 1))):
         for name, lat in latencies.items():
-            x = np.sort(lat[key][np.isfinite(lat[key])]) * scale
+            x, y = cdf_points(lat[key], levels if len(lat[key]) else None)
             if x.size:
-                ax.plot(x, np.arange(1, x.size + 1) / x.size, label=name, lw=1.2)
+                ax.plot(x * scale, y, label=name, lw=1.2)
         ax.set_xlabel(f"{key.upper()} ({unit})")
         ax.set_xscale("log")
         ax.grid(alpha=0.3)

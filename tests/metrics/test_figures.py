@@ -13,19 +13,22 @@ from llmserve.metrics import figures, report
 def test_latency_quantiles_match_numpy_and_skip_non_finite():
     x = np.array([3.0, 1.0, np.nan, 2.0, np.inf, 4.0])
     lq = figures.latency_quantiles({"p": {"ttft": x, "tpot": np.array([]), "e2e": x * 2}})
-    assert lq["q"][0] == 0.01 and lq["q"][-1] == 1.0 and len(lq["q"]) == 100
+    assert lq["q"][0] == 0.0 and lq["q"][-1] == 1.0 and len(lq["q"]) == 201
     ttft = lq["policies"]["p"]["ttft"]
-    assert ttft[-1] == 4.0 and ttft[49] == 2.5     # q=0.5: the median of 1,2,3,4
+    assert ttft[0] == 1.0 and ttft[-1] == 4.0 and ttft[100] == 2.5   # min, max, median
     np.testing.assert_allclose(ttft, np.quantile([1.0, 2.0, 3.0, 4.0], lq["q"]))
     assert lq["policies"]["p"]["tpot"] is None
-    back = figures.quantiles_as_samples(json.loads(json.dumps(lq)))
-    assert back["p"]["tpot"].size == 0 and back["p"]["e2e"][-1] == 8.0
-    # Drawn as samples, point i of n sits at height i/n = q_i: the true CDF.
-    y = np.arange(1, back["p"]["ttft"].size + 1) / back["p"]["ttft"].size
-    np.testing.assert_allclose(y, lq["q"])
-    # An older file stored q = 0 (the minimum) too: it is dropped, the rest is the same grid.
-    old = {"q": [0.0] + lq["q"], "policies": {"p": {"ttft": [1.0] + ttft}}}
-    np.testing.assert_allclose(figures.quantiles_as_samples(old)["p"]["ttft"], ttft)
+    lat, levels = figures.quantile_arrays(json.loads(json.dumps(lq)))
+    assert lat["p"]["tpot"].size == 0 and lat["p"]["e2e"][-1] == 8.0
+    # Drawn at their levels: from the minimum at 0 to the maximum at 1.
+    xs, ys = report.cdf_points(lat["p"]["ttft"], levels)
+    assert xs[0] == 1.0 and ys[0] == 0.0 and xs[-1] == 4.0 and ys[-1] == 1.0
+    assert np.all(np.diff(xs) >= 0) and np.allclose(ys, lq["q"])
+
+
+def test_cdf_points_of_raw_samples():
+    x, y = report.cdf_points([3.0, np.nan, 1.0, 2.0])
+    assert x.tolist() == [1.0, 2.0, 3.0] and np.allclose(y, [1 / 3, 2 / 3, 1.0])
 
 
 def test_interval_coverage_hand_computed():
@@ -116,6 +119,7 @@ def test_slim_cluster_results_keeps_the_figures_data():
     slim = figures.slim_cluster_results(res)
     s = slim["series"]["p/centralized"]
     np.testing.assert_allclose(s["ttft"], np.quantile(ttft, figures.QUANTILES))
+    assert slim["slimmed"]["latency_q"] == figures.QUANTILES.tolist()
     assert s["tpot"] == []
     assert len(s["t"]) <= figures.MAX_LOAD_SAMPLES and s["t"][:2] == [0.0, 1.5]   # stride 3
     assert s["outstanding_max"] == load.max(0)[::3].tolist()
