@@ -12,7 +12,10 @@ last step (a batch), and writes the results to `predicted_num_output_tokens` and
   "checkpoint:DIR"            a trained ensemble (llmserve.predictor.serve, imported lazily)
 The true length is `request.true_num_output_tokens` when the workload knows it (trace replay,
 simulator), else `sampling_params.max_tokens`, which is exact for ignore_eos requests.
-Predictions are clipped to [1, max_tokens].
+Predictions are clipped to [1, cap]: cap is the client's `max_tokens`, except when the workload
+forced the length (`true_num_output_tokens` set: a trace replay sets max_tokens to the true length
+to make the request stop there), where clipping at max_tokens would hand every predictor the
+true length as an upper bound; there the cap is what the model allows, max_model_len - prompt.
 """
 from __future__ import annotations
 
@@ -140,15 +143,24 @@ def create_predictor(spec: str) -> LengthPredictorProtocol | None:
     return CheckpointPredictor(*args)
 
 
-def apply_predictions(predictor: LengthPredictorProtocol, requests: list[Request]) -> None:
-    """One batched call; results clipped to [1, max_tokens] and written to the requests."""
+def _cap(r: Request, max_model_len: int | None) -> float:
+    if r.true_num_output_tokens is None or max_model_len is None:
+        return float(r.sampling_params.max_tokens)
+    return float(max(max_model_len - r.num_prompt_tokens, 1))
+
+
+def apply_predictions(predictor: LengthPredictorProtocol, requests: list[Request],
+                      max_model_len: int | None = None) -> None:
+    """One batched call; results clipped to [1, cap] (see the module doc) and written to the
+    requests."""
     means, spreads = predictor.predict(requests)
     if len(means) != len(requests) or len(spreads) != len(requests):
         raise ValueError(f"predictor returned {len(means)} means and {len(spreads)} spreads "
                          f"for {len(requests)} requests")
     for r, m, s in zip(requests, means, spreads):
+        cap = _cap(r, max_model_len)
         m = float(m)
         if not math.isfinite(m):
-            m = float(r.sampling_params.max_tokens)
-        r.predicted_num_output_tokens = min(max(m, 1.0), float(r.sampling_params.max_tokens))
+            m = cap
+        r.predicted_num_output_tokens = min(max(m, 1.0), cap)
         r.predicted_spread = float(s)

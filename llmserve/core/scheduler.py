@@ -320,7 +320,7 @@ class Scheduler:
         t0 = time.perf_counter_ns()
         batch = list(self._arrivals.values())
         self._arrivals = {}
-        apply_predictions(self.predictor, batch)
+        apply_predictions(self.predictor, batch, self.config.max_model_len)
         for r in batch:
             self.waiting.add(r)
         self.stats.predict_ns += time.perf_counter_ns() - t0

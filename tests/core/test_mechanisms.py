@@ -264,3 +264,21 @@ def test_predictor_is_called_once_per_step_on_new_arrivals():
     drive(sched, reqs)
     assert calls == [["0", "1"], ["2", "3"], ["4", "5"]]
     assert all(r.predicted_num_output_tokens == 4.0 for r in reqs)   # clipped to max_tokens
+
+
+def test_forced_length_does_not_cap_predictions():
+    """A trace replay forces each request's length by setting max_tokens to it; a predictor's
+    output must then be capped by the model's limit, not by max_tokens (that would hand every
+    predictor the true length as an upper bound)."""
+    class Big:
+        def predict(self, requests):
+            return [1000.0] * len(requests), [0.0] * len(requests)
+
+    cfg = SchedulerConfig.for_policy("predictive", max_num_seqs=4, max_num_batched_tokens=64,
+                                     block_size=4, num_kv_blocks=64, max_model_len=128)
+    sched = create_scheduler(cfg, predictor=Big())
+    reqs = [make_req(i, 3, 4) for i in range(2)]
+    reqs[1].true_num_output_tokens = 4     # forced, as replay does
+    drive(sched, reqs)
+    assert reqs[0].predicted_num_output_tokens == 4.0           # the client's own cap
+    assert reqs[1].predicted_num_output_tokens == 128 - 3       # max_model_len - prompt
