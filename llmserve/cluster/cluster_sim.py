@@ -22,7 +22,9 @@ must be recomputed), and, for predicted_work, the sum of predicted remaining out
 
 The client's max_tokens: a router does not know a request's true length. Requests end at their
 trace length (ignore_eos + max_tokens, as in replay.py), but the router and the load it reads
-use min(client_max_tokens, max_model_len - prompt), at least the true length. The load
+use min(client_max_tokens, max_model_len - prompt), at least the true length (so a workload
+with outputs beyond client_max_tokens should raise it, or that bound tells the router the true
+length of its longest requests). The load
 imbalance is measured on the true outstanding tokens (true output lengths), not on what the
 routers see.
 """
@@ -264,6 +266,7 @@ class ClusterSim:
             raise ValueError("cluster config: predictor must not be 'none' with "
                              "policy='predicted_work'")
         out = np.zeros(len(reqs))
+        ec = self.engine_config
         for s in range(0, len(reqs), 4096):
             stubs = [types.SimpleNamespace(
                 request_id=str(i), true_num_output_tokens=reqs[i].output_len,
@@ -272,9 +275,12 @@ class ClusterSim:
                     max_tokens=self._cap(reqs[i].prompt_len, reqs[i].output_len)))
                 for i in range(s, min(s + 4096, len(reqs)))]
             means, _ = pred.predict(stubs)
-            for j, (st, m) in enumerate(zip(stubs, means)):
+            for j, m in enumerate(means):
                 m = float(m)
-                cap = st.sampling_params.max_tokens
+                # Clipped to what the client allows, never to a bound that holds the true
+                # length (_cap raises the cap to a longer true output).
+                cap = min(self.config.client_max_tokens,
+                          ec.max_model_len - reqs[s + j].prompt_len)
                 out[s + j] = min(max(m, 1.0), cap) if math.isfinite(m) else cap
         return out
 
