@@ -51,6 +51,8 @@ def get_config():
     c.cluster.sample_interval_s = 0.5   # load samples for the figures and the load CV, s
     c.cluster.time_limit_s = 0.0        # stop the simulation here, abort the rest (0: none)
     c.cluster.seed = 0                  # router randomness, generated token ids
+    c.cluster.num_workers = 1           # processes simulating the replicas (1: this one);
+                                        # > 1 needs distributed placement, staleness_s > 0
     c.cluster.engine = ml_collections.ConfigDict()   # every replica's EngineConfig fields
     c.cluster.engine.policy = "chunked"              # the replicas' scheduling preset
     c.cluster.engine.max_num_seqs = 256              # most requests running per replica

@@ -254,7 +254,11 @@ def format_results(results: dict) -> str:
                          f"{m['simulated_requests_per_wall_s']:.0f} simulated req/wall-s")
             lines.append("wall time: " + ", ".join(
                 f"{k[:-2]} {v:.1f} s ({v / p['wall_s']:.0%})" for k, v in p.items()
-                if k not in ("wall_s", "process_cpu_s")))
+                if k not in ("wall_s", "process_cpu_s") and isinstance(v, float)))
+            if p.get("num_workers"):
+                lines.append(f"({p['num_workers']} worker processes: scheduler and cost model "
+                             f"are CPU seconds summed over them; driver_wait is the driver's "
+                             f"wall time waiting for them)")
             lines.append(f"process CPU time {p['process_cpu_s']:.1f} s = "
                          f"{m['num_requests'] / p['process_cpu_s']:.0f} simulated req per "
                          f"CPU-second (the wall rate on an idle core); load average at the "

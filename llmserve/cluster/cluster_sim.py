@@ -94,6 +94,9 @@ class ClusterConfig:
     dead_replicas: tuple = ()           # replica ids dead from the start
     failures: tuple = ()                # (replica_id, time_s) pairs: dies then, work re-routed
     seed: int = 0                       # router randomness and generated token ids
+    num_workers: int = 1                # processes simulating the replicas (parallel.py);
+    #                                     1: this process alone. > 1 needs distributed
+    #                                     placement with staleness_s > 0 (its lookahead)
 
     def __post_init__(self):
         def bad(field, expected, value):
@@ -136,6 +139,17 @@ class ClusterConfig:
         from llmserve.core.predictors import parse_predictor_spec
         parse_predictor_spec(self.predictor)
         make_policy(self.policy, **dict(self.router_options))    # option errors now
+        nw = self.num_workers
+        if isinstance(nw, bool) or not isinstance(nw, int) or not 1 <= nw <= len(hw):
+            bad("num_workers", f"an int in [1, replicas={len(hw)}]", nw)
+        pl = self.placement
+        if nw > 1 and not (pl.placement == "distributed" and pl.staleness_s > 0):
+            bad("num_workers", "1 unless placement is 'distributed' with staleness_s > 0 (the "
+                "routers must read snapshots, whose refresh period is the workers' lookahead; "
+                f"placement={pl.placement!r}, staleness_s={pl.staleness_s})", nw)
+        if nw > 1 and (self.failures or self.time_limit_s):
+            bad("num_workers", "1 with failures or time_limit_s (not supported across "
+                "processes)", nw)
 
     @property
     def hardware(self) -> list[str]:
@@ -307,6 +321,11 @@ class ClusterSim:
     # ---- the run --------------------------------------------------------------------------
     def run(self, workload, *, rate_scale: float = 1.0, max_requests: int | None = None,
             progress_every_s: float = 30.0, label: str = "") -> ClusterResult:
+        if self.config.num_workers > 1:
+            from llmserve.cluster.parallel import run_parallel
+            return run_parallel(self, workload, rate_scale=rate_scale,
+                                max_requests=max_requests, progress_every_s=progress_every_s,
+                                label=label)
         cfg = self.config
         ec = self.engine_config
         reqs, num_cut = prepare(workload, rate_scale=rate_scale, max_requests=max_requests,

@@ -177,3 +177,45 @@ def test_config_errors_name_the_field(kw, field):
 def test_unknown_config_field():
     with pytest.raises(ValueError, match="replica_count"):
         ClusterConfig.from_dict({"replica_count": 3})
+
+
+# ---- several processes (parallel.py) ------------------------------------------------------
+DIST = PlacementConfig(placement="distributed", num_routers=3, staleness_s=0.05)
+
+
+@pytest.mark.parametrize("policy,engine", [
+    ("power_of_two", ENGINE),
+    # Drawn token ids travel to the workers; prefix hits; predictions counted down there.
+    ("prefix_aware", {**ENGINE, "enable_prefix_caching": True}),
+    ("predicted_work", {**ENGINE, "num_kv_blocks": 300}),
+])
+def test_workers_equal_the_single_process_run(policy, engine):
+    # Oracle: the single-process run, whose snapshot refresh times are the workers' windows.
+    wl = workload(300, 150.0, num_prefixes=4, prefix_len=64, vocab_size=1000)
+    runs = [simulate(cfg(replicas="h100-80gb:8", engine=engine, policy=policy,
+                         placement=DIST, num_workers=nw), wl) for nw in (1, 2)]
+    a, b = (r.requests for r in runs)
+    oa, ob = np.argsort(a["request"]), np.argsort(b["request"])
+    assert len(oa) == len(ob) == 300
+    for f in a:
+        np.testing.assert_array_equal(a[f][oa], b[f][ob], err_msg=f)
+    assert len(set(b["replica"].tolist())) == 8
+    for f in ("t", "outstanding", "requests", "alive"):
+        np.testing.assert_array_equal(runs[0].samples[f], runs[1].samples[f], err_msg=f)
+    for ra, rb in zip(runs[0].replicas, runs[1].replicas):
+        assert ra == rb
+    assert runs[0].end == runs[1].end
+    assert [r["decisions"] for r in runs[0].routers] == [r["decisions"] for r in runs[1].routers]
+
+
+@pytest.mark.parametrize("kw,msg", [
+    ({"placement": FREE, "num_workers": 2}, "num_workers"),   # centralized: no lookahead
+    ({"placement": PlacementConfig(placement="distributed", num_routers=2), "num_workers": 2},
+     "staleness_s"),
+    ({"placement": DIST, "num_workers": 9}, "num_workers"),
+    ({"placement": DIST, "num_workers": 2, "failures": ((0, 1.0),)}, "failures"),
+    ({"placement": DIST, "num_workers": 0}, "num_workers"),
+])
+def test_workers_config_errors(kw, msg):
+    with pytest.raises(ValueError, match=msg):
+        cfg(replicas="h100-80gb:8", policy="power_of_two", **kw)
