@@ -257,8 +257,12 @@ def format_results(results: dict) -> str:
                 if k not in ("wall_s", "process_cpu_s") and isinstance(v, float)))
             if p.get("num_workers"):
                 lines.append(f"({p['num_workers']} worker processes: scheduler and cost model "
-                             f"are CPU seconds summed over them; driver_wait is the driver's "
-                             f"wall time waiting for them)")
+                             f"are seconds summed over them; driver_wait is the driver's "
+                             f"wall time waiting for them); CPU s per worker "
+                             f"{', '.join(f'{x:.1f}' for x in p['worker_cpu_s'])}; critical "
+                             f"path (driver CPU + the slowest worker's CPU per window, i.e. the "
+                             f"wall time with a free core per process) "
+                             f"{p['critical_path_cpu_s']:.1f} s")
             lines.append(f"process CPU time {p['process_cpu_s']:.1f} s = "
                          f"{m['num_requests'] / p['process_cpu_s']:.0f} simulated req per "
                          f"CPU-second (the wall rate on an idle core); load average at the "

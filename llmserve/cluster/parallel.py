@@ -65,6 +65,7 @@ class _Worker:
         self.busy = 0
         self.runner_ns = 0
         self.last_t = 0.0
+        self.window_cpu = []         # CPU seconds per window (the critical path estimate)
         self.sample_t, self.sample_out, self.sample_req, self.sample_busy = [], [], [], []
         heapq.heappush(self.heap, (0.0, _SAMPLE, next(self.seq), _SAMPLE, 0, 0))
 
@@ -210,6 +211,7 @@ class _Worker:
                               r.sched.stats.num_cache_hit_tokens, r.sched.stats.schedule_ns,
                               r.sched.stats.update_ns) for r in reps],
                 "runner_ns": self.runner_ns, "last_t": self.last_t,
+                "window_cpu": np.asarray(self.window_cpu),
                 "cpu_s": time.process_time()}
 
 
@@ -220,11 +222,15 @@ def _worker_main(conn, sim, reqs, due, gids, pred_len, max_d) -> None:
     try:
         while True:
             msg = conn.recv()
+            c0 = time.process_time()
             if msg[0] == "advance":
                 w.advance(msg[1], msg[2])
-                conn.send(w.load_rows())
+                rows = w.load_rows()
+                w.window_cpu.append(time.process_time() - c0)
+                conn.send(rows)
             else:
                 w.advance(math.inf, msg[1])
+                w.window_cpu.append(time.process_time() - c0)
                 conn.send(w.final())
                 return
     except BaseException as e:  # the driver re-raises it with the worker's message
@@ -460,4 +466,9 @@ def run_parallel(sim, workload, *, rate_scale: float = 1.0, max_requests: int | 
     res.profile["process_cpu_s"] = cpu + sum(f["cpu_s"] for f in finals)
     res.profile["event_loop_other_s"] = None
     res.profile["num_workers"] = nw
+    res.profile["worker_cpu_s"] = [float(f["window_cpu"].sum()) for f in finals]
+    # What the wall time would be with a core per process and nothing else running: the
+    # driver's own CPU plus, per window, the slowest worker (pipe latency not counted).
+    res.profile["critical_path_cpu_s"] = cpu + float(
+        np.stack([f["window_cpu"] for f in finals]).max(axis=0).sum())
     return res
