@@ -171,17 +171,20 @@ class _Worker:
                                        next(self.seq), _SAMPLE, 0, 0))
 
     def advance(self, b: float, batch) -> None:
-        """Take the window's decisions (arrays d, i, replica; ids or None) and process every
-        event strictly before b."""
-        d, idx, pos, ids = batch
+        """Take the window's decisions (arrays d, i, replica, immediate; ids or None) and
+        process every event strictly before b, and the immediate decisions at b."""
+        d, idx, pos, now, ids = batch
         heap, push, pop = self.heap, heapq.heappush, heapq.heappop
         for k in range(len(idx)):
             i = int(idx[k])
             if ids is not None and ids[k] is not None:
                 self.held_ids[i] = ids[k].tolist()
-            push(heap, (float(d[k]), _DISPATCH, next(self.seq), _DISPATCH, i, int(pos[k])))
+            # A decision made at its arrival (no decision cost) precedes, in one process, a
+            # snapshot refresh and other decisions at that same time: priority 0.
+            push(heap, (float(d[k]), 0 if now[k] else _DISPATCH, next(self.seq), _DISPATCH,
+                        i, int(pos[k])))
         reps = self.reps
-        while heap and heap[0][0] < b:
+        while heap and (heap[0][0] < b or (heap[0][0] == b and heap[0][1] == 0)):
             t, _, _, kind, x, g = pop(heap)
             self.last_t = t
             if kind == _STEP:
@@ -323,7 +326,8 @@ def run_parallel(sim, workload, *, rate_scale: float = 1.0, max_requests: int | 
             batch = (np.array([x[0] for x in bt], np.float64),
                      np.array([x[1] for x in bt], np.int64),
                      np.array([x[2] for x in bt], np.int64),
-                     [x[3] for x in bt] if need_ids else None)
+                     np.array([x[3] for x in bt], bool),
+                     [x[4] for x in bt] if need_ids else None)
             c.send(("final", batch) if final else ("advance", b, batch))
             batches[k] = []
         t0 = time.perf_counter_ns()
@@ -338,7 +342,7 @@ def run_parallel(sim, workload, *, rate_scale: float = 1.0, max_requests: int | 
     route_ns = 0
     rejected = 0
 
-    def dispatch(i: int, t: float, ids, k: int) -> None:
+    def dispatch(i: int, t: float, ids, k: int, now: bool) -> None:
         nonlocal route_ns, rejected
         w = reqs[i]
         dp = routers[k]
@@ -358,7 +362,7 @@ def run_parallel(sim, workload, *, rate_scale: float = 1.0, max_requests: int | 
         dp.note_dispatch(pos, w.prompt_len + cap, w.prompt_len, p or 0.0)
         dp.policy.on_dispatch(rr, pos)
         drawn = ids if (need_ids and w.prompt_token_ids is None) else None
-        batches[owner[pos]].append((t, i, pos, None if drawn is None else
+        batches[owner[pos]].append((t, i, pos, now, None if drawn is None else
                                     np.asarray(drawn, np.int64)))
 
     # The routers' events as in ClusterSim.run (snapshot refreshes, decisions that end later
@@ -393,7 +397,7 @@ def run_parallel(sim, workload, *, rate_scale: float = 1.0, max_requests: int | 
                         else [0] * w.prompt_len
                 d = float(dec_t[i])
                 if d == t:
-                    dispatch(i, t, ids, i % nrouters)
+                    dispatch(i, t, ids, i % nrouters, True)
                 else:
                     held_ids[i] = ids
                     pending += 1
@@ -405,7 +409,7 @@ def run_parallel(sim, workload, *, rate_scale: float = 1.0, max_requests: int | 
             t, _, _, kind, x = pop(heap)
             if kind == 1:
                 pending -= 1
-                dispatch(x, t, held_ids.pop(x), x % nrouters)
+                dispatch(x, t, held_ids.pop(x), x % nrouters, False)
             else:
                 flush(t)
                 routers[x].refresh()

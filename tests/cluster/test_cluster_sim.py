@@ -1,4 +1,6 @@
 """Cluster simulator: invariants, the single-replica simulator as oracle, config errors."""
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -188,12 +190,28 @@ DIST = PlacementConfig(placement="distributed", num_routers=3, staleness_s=0.05)
     # Drawn token ids travel to the workers; prefix hits; predictions counted down there.
     ("prefix_aware", {**ENGINE, "enable_prefix_caching": True}),
     ("predicted_work", {**ENGINE, "num_kv_blocks": 300}),
+    # Free decisions: each made at its arrival; arrivals on the refresh grid hit the tie
+    # between a decision and a refresh at the same time.
+    ("least_tokens", None),
 ])
 def test_workers_equal_the_single_process_run(policy, engine):
     # Oracle: the single-process run, whose snapshot refresh times are the workers' windows.
     wl = workload(300, 150.0, num_prefixes=4, prefix_len=64, vocab_size=1000)
+    placement = DIST
+    if engine is None:
+        engine = ENGINE
+        placement = PlacementConfig(placement="distributed", num_routers=3, staleness_s=0.03,
+                                    decision_base_s=0.0, decision_per_replica_s=0.0)
+        grid = []                   # the refresh times, computed as the simulator does
+        for j in range(3):
+            t = 0.03 * (j + 1) / 3
+            for _ in range(len(wl)):
+                grid.append(t)
+                t += 0.03
+        grid = sorted(grid)[::3]    # every third: ~100 req/s, each at a refresh
+        wl = [dataclasses.replace(w, arrival_s=grid[k]) for k, w in enumerate(wl)]
     runs = [simulate(cfg(replicas="h100-80gb:8", engine=engine, policy=policy,
-                         placement=DIST, num_workers=nw), wl) for nw in (1, 2)]
+                         placement=placement, num_workers=nw), wl) for nw in (1, 2)]
     a, b = (r.requests for r in runs)
     oa, ob = np.argsort(a["request"]), np.argsort(b["request"])
     assert len(oa) == len(ob) == 300
