@@ -109,6 +109,19 @@ async def _one(client, url: str, payload: dict, headers: dict, t0: float, timeou
     return r
 
 
+def arrival_times(requests: list[BenchRequest], mode: str, *, rate: float = 0.0,
+                  time_scale: float = 1.0, seed: int = 0) -> np.ndarray:
+    """When each request is sent, in s after the run's start: Poisson at `rate`, the trace's
+    own times scaled by `time_scale` (from its first arrival), or all at once."""
+    if mode == "poisson":
+        gaps = np.random.default_rng(seed).exponential(1.0 / rate, len(requests))
+        return np.cumsum(gaps) - gaps[0]
+    if mode == "trace":
+        base = min((r.arrival_s for r in requests), default=0.0)
+        return np.array([(r.arrival_s - base) * time_scale for r in requests])
+    return np.zeros(len(requests))
+
+
 async def run(base_url: str, requests: list[BenchRequest], *, model: str, mode: str =
               "concurrency", concurrency: int = 0, rate: float = 0.0, time_scale: float = 1.0,
               endpoint: str = "completions", api_key: str = "", temperature: float = 0.0,
@@ -131,14 +144,7 @@ async def run(base_url: str, requests: list[BenchRequest], *, model: str, mode: 
     chat = endpoint == "chat"
     url = base_url.rstrip("/") + ("/v1/chat/completions" if chat else "/v1/completions")
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    if mode == "poisson":
-        gaps = np.random.default_rng(seed).exponential(1.0 / rate, len(requests))
-        arrivals = np.cumsum(gaps) - gaps[0]
-    elif mode == "trace":
-        base = min((r.arrival_s for r in requests), default=0.0)
-        arrivals = np.array([(r.arrival_s - base) * time_scale for r in requests])
-    else:
-        arrivals = np.zeros(len(requests))
+    arrivals = arrival_times(requests, mode, rate=rate, time_scale=time_scale, seed=seed)
 
     def payload(req: BenchRequest) -> dict:
         p = {"model": model, "max_tokens": req.max_tokens, "temperature": temperature,
