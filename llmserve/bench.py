@@ -34,12 +34,7 @@ def _cfg_dict(config) -> dict:
     return config.to_dict() if hasattr(config, "to_dict") else dict(config)
 
 
-def _g(d: dict, path: str, default=None):
-    for k in path.split("."):
-        if not isinstance(d, dict) or k not in d:
-            return default
-        d = d[k]
-    return d
+_g = figures_lib.dotted_get
 
 
 def _floats(s, field) -> list[float]:

@@ -173,6 +173,52 @@ class ClusterConfig:
         return cls(**d)
 
 
+def step_replica(rep, t: float, idle_tick_s: float, pred_rem: dict | None,
+                 finished) -> tuple[float | None, int]:
+    """One event of one replica at time t: apply its pending step's output (each finished
+    request goes to `finished(rep, q)`; `pred_rem`, when predictions are tracked, loses one
+    predicted token per sampled one), then schedule and run its next step. -> (the time of its
+    next event, or None when it has no work left; runner ns). Both cluster loops (one process,
+    and the worker processes of llmserve.cluster.parallel) step replicas through this."""
+    s = rep.sched
+    if rep.pending is not None:
+        out, rout = rep.pending
+        rep.pending = None
+        st = s.stats
+        ended = st.num_finished + st.num_aborted
+        changed = s.update_from_output(out, rout, t)
+        if pred_rem is not None:
+            tot = 0.0
+            for rid in rout.sampled:
+                rem = pred_rem.get(rid)
+                if rem:
+                    d = 1.0 if rem >= 1.0 else rem
+                    pred_rem[rid] = rem - d
+                    tot += d
+            rep.pred_total -= tot
+            rep.out_made += len(rout.sampled)
+        if st.num_finished + st.num_aborted != ended:
+            for q in changed:
+                if q.status > _PREEMPTED:
+                    finished(rep, q)
+    if not s.has_unfinished():
+        rep.next_t = None
+        return None, 0
+    out = s.schedule(t)
+    ns = 0
+    if out.scheduled:
+        t0 = time.perf_counter_ns()
+        rout = rep.runner.execute(out)
+        ns = time.perf_counter_ns() - t0
+        rep.pending = (out, rout)
+        nt = t + rout.step_time_s
+    else:
+        nt = t + idle_tick_s
+    rep.gen += 1
+    rep.next_t = nt
+    return nt, ns
+
+
 class Replica:
     __slots__ = ("id", "hardware", "sched", "runner", "num_kv_blocks", "pending", "next_t",
                  "gen", "alive", "live_tokens", "live_cap", "live_true", "out_made",
@@ -354,6 +400,7 @@ class ClusterSim:
                 return np.random.default_rng([cfg.seed, i]).integers(0, vocab, w.prompt_len)
             pred_len = self._predictions(reqs, ids_of)
         pred_rem: dict[str, float] = {}
+        step_pred = pred_rem if track_pred else None
 
         heap: list = []
         push, pop = heapq.heappush, heapq.heappop
@@ -503,43 +550,12 @@ class ClusterSim:
                     rep = reps[x]
                     if g != rep.gen:
                         continue
-                    s = rep.sched
-                    if rep.pending is not None:
-                        out, rout = rep.pending
-                        rep.pending = None
-                        st = s.stats
-                        ended = st.num_finished + st.num_aborted
-                        changed = s.update_from_output(out, rout, t)
-                        if track_pred:
-                            tot = 0.0
-                            for rid in rout.sampled:
-                                rem = pred_rem.get(rid)
-                                if rem:
-                                    d = 1.0 if rem >= 1.0 else rem
-                                    pred_rem[rid] = rem - d
-                                    tot += d
-                            rep.pred_total -= tot
-                            rep.out_made += len(rout.sampled)
-                        if st.num_finished + st.num_aborted != ended:
-                            for q in changed:
-                                if q.status > _PREEMPTED:
-                                    finished(rep, q)
-                    if s.has_unfinished():
-                        out = s.schedule(t)
-                        if out.scheduled:
-                            t0 = time.perf_counter_ns()
-                            rout = rep.runner.execute(out)
-                            runner_ns += time.perf_counter_ns() - t0
-                            rep.pending = (out, rout)
-                            nt = t + rout.step_time_s
-                        else:
-                            nt = t + cfg.idle_tick_s
-                        rep.gen += 1
-                        rep.next_t = nt
-                        push(heap, (nt, 2, next(seq), _STEP, x, rep.gen))
-                    else:
-                        rep.next_t = None
+                    nt, ns = step_replica(rep, t, cfg.idle_tick_s, step_pred, finished)
+                    runner_ns += ns
+                    if nt is None:
                         counters["busy"] -= 1
+                    else:
+                        push(heap, (nt, 2, next(seq), _STEP, x, rep.gen))
                     self._refresh(rep)
                     if time.perf_counter() >= next_log:
                         next_log += progress_every_s

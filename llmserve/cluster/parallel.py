@@ -33,12 +33,12 @@ import time
 
 import numpy as np
 
+from llmserve.cluster.cluster_sim import step_replica
 from llmserve.cluster.router import RouteRequest, RouterPolicy
-from llmserve.core.request import Request, RequestStatus
+from llmserve.core.request import Request
 from llmserve.sampling_params import SamplingParams
 from llmserve.workload.replay import prepare
 
-_PREEMPTED = RequestStatus.PREEMPTED
 _FIELDS = ("num_running", "num_waiting", "outstanding_tokens", "free_kv_blocks",
            "predicted_work", "prefill_tokens")
 _DISPATCH, _STEP, _SAMPLE = 1, 2, 3      # also their priority at equal times
@@ -114,44 +114,13 @@ class _Worker:
 
     def step(self, pos: int, t: float) -> None:
         rep = self.reps[pos]
-        s = rep.sched
-        if rep.pending is not None:
-            out, rout = rep.pending
-            rep.pending = None
-            st = s.stats
-            ended = st.num_finished + st.num_aborted
-            changed = s.update_from_output(out, rout, t)
-            if self.track_pred:
-                tot = 0.0
-                pred_rem = self.pred_rem
-                for rid in rout.sampled:
-                    rem = pred_rem.get(rid)
-                    if rem:
-                        d = 1.0 if rem >= 1.0 else rem
-                        pred_rem[rid] = rem - d
-                        tot += d
-                rep.pred_total -= tot
-                rep.out_made += len(rout.sampled)
-            if st.num_finished + st.num_aborted != ended:
-                for q in changed:
-                    if q.status > _PREEMPTED:
-                        self.finished(rep, q)
-        if s.has_unfinished():
-            out = s.schedule(t)
-            if out.scheduled:
-                t0 = time.perf_counter_ns()
-                rout = rep.runner.execute(out)
-                self.runner_ns += time.perf_counter_ns() - t0
-                rep.pending = (out, rout)
-                nt = t + rout.step_time_s
-            else:
-                nt = t + self.sim.config.idle_tick_s
-            rep.gen += 1
-            rep.next_t = nt
-            heapq.heappush(self.heap, (nt, _STEP, next(self.seq), _STEP, pos, rep.gen))
-        else:
-            rep.next_t = None
+        nt, ns = step_replica(rep, t, self.sim.config.idle_tick_s,
+                              self.pred_rem if self.track_pred else None, self.finished)
+        self.runner_ns += ns
+        if nt is None:
             self.busy -= 1
+        else:
+            heapq.heappush(self.heap, (nt, _STEP, next(self.seq), _STEP, pos, rep.gen))
         self.sim._refresh(rep)
 
     def sample(self, t: float) -> None:

@@ -104,7 +104,8 @@ BENCHMARK_FIGURES = {"latency_cdf": "latency_cdf.png", "policy_bars": "policies.
                      "noise_sweep": "noise_sweep.png"}
 
 
-def _get(d: dict, path: str, default=None):
+def dotted_get(d: dict, path: str, default=None):
+    """d['a']['b'] for path 'a.b', or default where a key is missing."""
     for k in path.split("."):
         if not isinstance(d, dict) or k not in d:
             return default
@@ -117,8 +118,8 @@ def draw(results: dict, kind: str, path: str, latencies=None) -> str | None:
     None when the results hold no data for it. Latency CDFs come from `latencies` (raw
     samples) or else the stored `latency_quantiles`."""
     cfg = results.get("config", {})
-    slo_ttft, slo_tpot = _get(cfg, "slo.ttft_s", 2.0), _get(cfg, "slo.tpot_s", 0.1)
-    tag = f"{results.get('runner')} {results.get('hardware')} {_get(cfg, 'model.preset')}"
+    slo_ttft, slo_tpot = dotted_get(cfg, "slo.ttft_s", 2.0), dotted_get(cfg, "slo.tpot_s", 0.1)
+    tag = f"{results.get('runner')} {results.get('hardware')} {dotted_get(cfg, 'model.preset')}"
     if kind == "latency_cdf":
         levels = None
         if latencies is None and results.get("latency_quantiles"):

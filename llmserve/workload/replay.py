@@ -154,6 +154,12 @@ def replay(engine, workload: list[WorkloadRequest], *, rate_scale: float = 1.0,
     # Absolute clock times, compared as such: start + a - start == a need not hold in floats.
     due = [start + a for a in arrivals]
     next_log = wall0 + progress_every_s
+
+    def progress(arrived: int) -> None:
+        log.info("%s t=%.1fs arrived %d/%d finished %d running %d waiting %d", label,
+                 clock() - start, arrived, n, len(records.rows), sched.num_running,
+                 sched.num_waiting)
+
     i = 0
     step_rows = steps.rows
     step_requests = engine.step_requests
@@ -215,9 +221,7 @@ def replay(engine, workload: list[WorkloadRequest], *, rate_scale: float = 1.0,
                         del active[r.request_id]
                     if time.perf_counter() >= next_log:
                         next_log += progress_every_s
-                        log.info("%s t=%.1fs arrived %d/%d finished %d running %d waiting %d",
-                                 label, clock() - start, i, n, len(records.rows),
-                                 sched.num_running, sched.num_waiting)
+                        progress(i)
                     continue
                 before = len(step_rows)
                 ended = st.num_finished + st.num_aborted
@@ -233,9 +237,7 @@ def replay(engine, workload: list[WorkloadRequest], *, rate_scale: float = 1.0,
                         recorder.sample_kv()
                     if time.perf_counter() >= next_log:
                         next_log += progress_every_s
-                        log.info("%s t=%.1fs arrived %d/%d finished %d running %d waiting %d",
-                                 label, clock() - start, i, n, len(records.rows),
-                                 sched.num_running, sched.num_waiting)
+                        progress(i)
                     continue
                 # Nothing could be scheduled (e.g. a static batch waiting to fill): let time
                 # pass, but not beyond the next arrival.
