@@ -295,6 +295,8 @@ class ClusterSim:
         opts.setdefault("block_size", base.block_size)
 
         def policy_for(k):
+            # A seed per router: with one seed, K random/power_of_two routers fed interleaved
+            # arrivals would draw the same replicas in lockstep.
             return make_policy(config.policy, **{**opts, "seed": opts.get("seed", config.seed)
                                                  * 1_000_003 + k})
         self.routers = make_decision_points(config.placement, policy_for, self.live)

@@ -7,7 +7,9 @@ distributed   `num_routers` routers, request i to router i % num_routers (a fron
               `staleness_s` (so the snapshot it reads is 0..staleness_s old; routers refresh at
               staggered phases), plus, with `local_accounting`, the requests it dispatched itself
               since that snapshot (what a router knows without asking). Each has its own policy
-              instance, so prefix_aware's record covers only the prompts that router sent.
+              instance, so prefix_aware's record covers only the prompts that router sent;
+              random choices draw from a seed per router, and round_robin router k starts at
+              replica k * replicas // num_routers, so the routers do not move in lockstep.
 
 Decision cost: each router serves its requests one at a time (FIFO), each decision taking
 decision_base_s + decision_per_replica_s x (replicas the policy reads: all of them for a
@@ -134,6 +136,12 @@ class DecisionPoint:
 
 def make_decision_points(cfg: PlacementConfig, make_policy, live: LiveLoad
                          ) -> list[DecisionPoint]:
-    """make_policy(k) -> the k-th router's policy instance."""
+    """make_policy(k) -> the k-th router's policy instance (with a seed of its own, if it
+    draws random numbers); each is told its place among the routers (RouterPolicy.join)."""
     n = cfg.num_routers if cfg.placement == "distributed" else 1
-    return [DecisionPoint(k, make_policy(k), cfg, live) for k in range(n)]
+    points = []
+    for k in range(n):
+        policy = make_policy(k)
+        policy.join(k, n, len(live.view))
+        points.append(DecisionPoint(k, policy, cfg, live))
+    return points

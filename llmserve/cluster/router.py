@@ -123,15 +123,29 @@ class RouterPolicy:
     def on_finish(self, request_id: str, replica_id: int) -> None:
         pass
 
+    def join(self, index: int, num_routers: int, num_replicas: int) -> None:
+        """This instance is router `index` of `num_routers` routing to the same `num_replicas`
+        (placement.make_decision_points calls it). Routers fed interleaved arrivals must not
+        move in step: per-router randomness comes from the seed the caller gives each one
+        (cluster_sim derives it from the router index); a policy with deterministic state
+        staggers it here."""
+
 
 class RoundRobin(RouterPolicy):
-    """Replicas in turn by position; a dead one is skipped."""
+    """Replicas in turn by position; a dead one is skipped. Router k of K starts at replica
+    k * N // K: all starting at 0, K routers fed request i % K would cycle in lockstep and send
+    runs of K consecutive requests to one replica; evenly spaced, any N consecutive requests
+    send at most 2 to one replica (K <= N), and requests jN..jN+N-1 reach N distinct replicas
+    when K divides N."""
     name = "round_robin"
     replicas_read = 1
 
     def __init__(self, seed: int = 0):
         super().__init__(seed)
         self.next = 0
+
+    def join(self, index, num_routers, num_replicas):
+        self.next = index * num_replicas // num_routers
 
     def pick(self, req, view):
         n = len(view)

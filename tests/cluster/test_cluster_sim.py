@@ -158,6 +158,54 @@ def test_shared_prefixes_prefix_aware_hits_more_than_round_robin():
     assert hit["prefix_aware"] > hit["round_robin"]
 
 
+def _replica_per_request(res) -> np.ndarray:
+    r = res.requests
+    return r["replica"][np.argsort(r["request"])].astype(int)
+
+
+@pytest.mark.parametrize("routers,replicas,staleness,workers", [
+    (4, 8, 0.0, 1),     # K divides N: requests jN..jN+N-1 reach N distinct replicas
+    (3, 8, 0.0, 1),     # it does not
+    (4, 8, 0.05, 2),    # the worker processes' driver builds the same routers
+])
+def test_distributed_round_robin_routers_start_apart(routers, replicas, staleness, workers):
+    # A uniform stream, request i to router i % K, free decisions (dispatch order = arrival
+    # order). Routers that all start at replica 0 send runs of K requests to one replica.
+    n = 4 * routers * replicas
+    wl = [WorkloadRequest(0.002 * i, 32, 4) for i in range(n)]
+    c = cfg(replicas=f"h100-80gb:{replicas}", policy="round_robin", num_workers=workers,
+            placement=PlacementConfig(placement="distributed", num_routers=routers,
+                                      staleness_s=staleness, decision_base_s=0.0,
+                                      decision_per_replica_s=0.0))
+    seq = _replica_per_request(simulate(c, wl))
+    assert len(seq) == n
+    runs = np.diff(np.flatnonzero(np.diff(np.r_[-1, seq, -1]) != 0))
+    per_window = max(np.bincount(seq[s:s + replicas], minlength=replicas).max()
+                     for s in range(n - replicas + 1))
+    # Any N consecutive requests: at most 2 to one replica (K routers starting together: K).
+    assert per_window <= 2
+    if replicas % routers == 0:
+        assert runs.max() == 1
+        assert (np.sort(seq.reshape(-1, replicas), axis=1) == np.arange(replicas)).all()
+    else:
+        assert runs.max() <= 2
+    assert np.bincount(seq, minlength=replicas).tolist() == [n // replicas] * replicas
+
+
+def test_distributed_random_routers_draw_apart():
+    # Each router's random stream is its own: with one seed for all, router k's j-th choice
+    # would be router 0's j-th choice.
+    k, n = 4, 256
+    wl = [WorkloadRequest(0.002 * i, 32, 4) for i in range(n)]
+    c = cfg(replicas="h100-80gb:8", policy="random", placement=PlacementConfig(
+        placement="distributed", num_routers=k, decision_base_s=0.0, decision_per_replica_s=0.0))
+    seq = _replica_per_request(simulate(c, wl))
+    per_router = [seq[j::k].tolist() for j in range(k)]
+    assert all(per_router[a] != per_router[b] for a in range(k) for b in range(a + 1, k))
+    # Independent draws agree about 1 time in 8.
+    assert np.mean(np.array(per_router[0]) == np.array(per_router[1])) < 0.3
+
+
 @pytest.mark.parametrize("kw,field", [
     ({"policy": "fastest"}, "router.policy"),
     ({"replicas": "h100-80gb:0"}, "replicas"),
@@ -187,6 +235,7 @@ DIST = PlacementConfig(placement="distributed", num_routers=3, staleness_s=0.05)
 
 @pytest.mark.parametrize("policy,engine", [
     ("power_of_two", ENGINE),
+    ("round_robin", ENGINE),    # its routers' start offsets
     # Drawn token ids travel to the workers; prefix hits; predictions counted down there.
     ("prefix_aware", {**ENGINE, "enable_prefix_caching": True}),
     ("predicted_work", {**ENGINE, "num_kv_blocks": 300}),
