@@ -9,7 +9,7 @@ import glob
 import json
 import os
 
-STAGE_ORDER = ("env", "correctness", "decode", "ragged", "autotune", "engine")
+STAGE_ORDER = ("env", "correctness", "decode", "ragged", "autotune", "confirm", "engine")
 
 
 def _load(path):
@@ -74,10 +74,14 @@ def summarize(out_dir: str, extra: dict | None = None) -> tuple[dict, str]:
     d = st.get("decode", {})
     bw = d.get("copy_bandwidth", {}).get("gbps")
     out.append(f"\ncopy bandwidth (y = x + 1, read + write): {_fmt(bw, '.0f')} GB/s")
+    out.append("v1 = the first version's loop (page ids loaded in the same iteration), timed "
+               "in the same run; x_v1 = v1 time / kernel time")
     out.append(_table(
         "decode, Llama-3-8B bf16 page 16 (kernel vs XLA reference)",
-        ["batch", "ctx", "splits", "kernel_us", "ref_us", "speedup", "GB/s", "%copy", "L2?"],
+        ["batch", "ctx", "splits", "kernel_us", "v1_us", "x_v1", "ref_us", "speedup", "GB/s",
+         "%copy", "L2?"],
         [[i["batch"], i["ctx"], i.get("num_splits"), _fmt(i["kernel_us"]),
+          _fmt(i.get("legacy_us")), _fmt(i.get("speedup_vs_legacy"), ".2f"),
           _fmt(i.get("ref_us")) if "ref_us" in i else str(i.get("reference", "-"))[:20],
           _fmt(i.get("speedup_vs_ref"), ".2f"), _fmt(i["kernel_gbps"], ".0f"),
           _fmt(100 * i["frac_copy_bw"], ".0f"), "yes" if i.get("l2_resident_possible") else ""]
@@ -86,11 +90,13 @@ def summarize(out_dir: str, extra: dict | None = None) -> tuple[dict, str]:
     rows = []
     for i in r.get("items", []):
         if "frac_roofline" in i:
-            rows.append([i["case"][:34], _fmt(i["kernel_us"]), _fmt(i.get("ref_us")),
+            rows.append([i["case"][:34], _fmt(i["kernel_us"]), _fmt(i.get("legacy_us")),
+                         _fmt(i.get("speedup_vs_legacy"), ".2f"), _fmt(i.get("ref_us")),
                          _fmt(i.get("speedup_vs_ref"), ".2f"),
                          _fmt(i["roofline_s"] * 1e6), _fmt(100 * i["frac_roofline"], ".0f")])
     out.append(_table("ragged mixed batch (512-token chunk + 63 decodes)",
-                      ["case", "kernel_us", "ref_us", "speedup", "roofline_us", "%roofline"],
+                      ["case", "kernel_us", "v1_us", "x_v1", "ref_us", "speedup", "roofline_us",
+                       "%roofline"],
                       rows))
     for i in r.get("items", []):
         if "ragged_over_decode" in i:
@@ -105,6 +111,12 @@ def summarize(out_dir: str, extra: dict | None = None) -> tuple[dict, str]:
         out.append(f"  best decode {k}: {v}")
     if a.get("best_ragged"):
         out.append(f"  best ragged: {a['best_ragged']}")
+    c = st.get("confirm", {})
+    out.append(_table("confirm (best autotune configs and the default, same process)",
+                      ["case", "us", "%copy/%roof"],
+                      [[i["case"][:64], _fmt(i["us"]),
+                        _fmt(100 * i.get("frac_copy_bw", i.get("frac_roofline", 0)), ".0f")]
+                       for i in c.get("items", [])]))
     errs = [(n, e) for n, s in st.items() if isinstance(s, dict)
             and isinstance(s.get("errors"), list) for e in s["errors"] if isinstance(e, dict)]
     if errs:

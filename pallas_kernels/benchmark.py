@@ -367,6 +367,8 @@ def stage_decode(rec: Recorder, profile: str, interpret: bool, ref_mem_limit: fl
     model = _model_of(model)
     dtype = jnp.bfloat16
     kernel = jax.jit(lambda *a: paged_decode_attention(*a, interpret=interpret))
+    legacy = jax.jit(lambda *a: paged_decode_attention(*a, interpret=interpret,
+                                                       **tuning.DECODE_LEGACY))
     reference = jax.jit(paged_decode_attention_reference)
     for batch, ctx in shapes:
         name = f"decode B={batch} ctx={ctx}"
@@ -385,6 +387,10 @@ def stage_decode(rec: Recorder, profile: str, interpret: bool, ref_mem_limit: fl
                     "num_splits": choose_num_splits(
                         batch, _kv_heads(model), args[3].shape[1] * PAGE_SIZE,
                         default_block_kv(PAGE_SIZE, _head_dim(model), dtype))}
+            if rec.time_left() > 10.0:  # the first version's loop, same inputs, same run
+                tl = time_fn(legacy, args)
+                item.update(legacy_us=tl["median_s"] * 1e6,
+                            speedup_vs_legacy=tl["median_s"] / tk["median_s"])
             mem = _ref_mem_bytes(batch * args[3].shape[1] * PAGE_SIZE, model, 2)
             if mem > ref_mem_limit:
                 item["reference"] = f"skipped: needs ~{mem / 2**30:.0f} GiB"
@@ -437,6 +443,11 @@ def stage_ragged(rec: Recorder, profile: str, interpret: bool, ref_mem_limit: fl
             item = {"case": name, "kernel": tk, "kernel_us": tk["median_s"] * 1e6, **roof,
                     "frac_roofline": roof["roofline_s"] / tk["median_s"],
                     "kernel_gbps": roof["bytes"] / tk["median_s"] / 1e9}
+            legacy = jax.jit(lambda *a: ragged_paged_attention(*a, interpret=interpret,
+                                                               **tuning.RAGGED_LEGACY))
+            tl = time_fn(legacy, args)
+            item.update(legacy_us=tl["median_s"] * 1e6,
+                        speedup_vs_legacy=tl["median_s"] / tk["median_s"])
             mem = _ref_mem_bytes(num_tokens * args[3].shape[1] * PAGE_SIZE, model, 2)
             if mem > ref_mem_limit:
                 item["reference"] = f"skipped: needs ~{mem / 2**30:.0f} GiB"
@@ -564,12 +575,81 @@ def stage_autotune(rec: Recorder, profile: str, interpret: bool):
                                 "frac_roofline": top["frac_roofline"]})
 
 
+def _rank_configs(items, shapes):
+    """Configs (no split override) by their mean fraction of copy bandwidth over shapes."""
+    by_cfg = {}
+    for i in items:
+        cfg = i.get("config")
+        if cfg is None or "num_splits" in cfg or tuple(i.get("shape", ())) not in shapes:
+            continue
+        by_cfg.setdefault(tuning.config_name(cfg), (cfg, []))[1].append(i["frac_copy_bw"])
+    scored = [(sum(v) / len(v), cfg) for cfg, v in by_cfg.values() if len(v) == len(shapes)]
+    return [cfg for _, cfg in sorted(scored, key=lambda x: -x[0])]
+
+
+def stage_confirm(rec: Recorder, profile: str, interpret: bool):
+    """The autotune's two best decode configs (and the default) at the four target shapes,
+    and its two best ragged configs (and the default) on the mixed batch, in one process:
+    the figures the defaults are chosen from."""
+    path = os.path.join(os.path.dirname(rec.path), "autotune.json")
+    with open(path) as f:
+        at = json.load(f)
+    bw = copy_bandwidth(2**31 if profile != "smoke" else 2**22)
+    rec.set("copy_bandwidth", bw)
+    dtype = jnp.bfloat16
+    if profile == "smoke":
+        tuned, targets, model = [(2, 128)], [(2, 128)], _model_of("small")
+    else:
+        tuned, model = [(64, 2048), (256, 8192)], "llama3-8b"
+        targets = [(64, 2048), (256, 2048), (64, 8192), (256, 8192)]
+    ranked = _rank_configs(at.get("items", []), [tuple(x) for x in tuned])[:2]
+    configs = ranked + [c for c in [tuning.DECODE_SWEEP[0]] if c not in ranked]
+    rec.set("decode_configs", configs)
+    for batch, ctx in targets:
+        args = decode_inputs(batch * 3 + ctx, batch, ctx, model, PAGE_SIZE, dtype)
+        nbytes = decode_bytes(np.asarray(args[4]), model, 2)
+        for cfg in configs:
+            name = f"decode B={batch} ctx={ctx} {tuning.config_name(cfg)}"
+            if not rec.can_start(name, 3.0):
+                continue
+            try:
+                f = jax.jit(lambda *a, c=cfg: paged_decode_attention(*a, interpret=interpret, **c))
+                t = time_fn(f, args)
+                rec.add({"case": name, "shape": [batch, ctx], "config": cfg,
+                         "us": t["median_s"] * 1e6, "gbps": nbytes / t["median_s"] / 1e9,
+                         "frac_copy_bw": nbytes / t["median_s"] / 1e9 / bw["gbps"]})
+            except Exception as e:
+                rec.error(name, e)
+        del args
+    rres = sorted((i for i in at.get("items", []) if "frac_roofline" in i),
+                  key=lambda i: i["us"])
+    rconfigs = [i["config"] for i in rres[:2]]
+    rconfigs += [c for c in [tuning.RAGGED_SWEEP[0]] if c not in rconfigs]
+    q_lens, ctx, num_tokens, num_slots, rmodel = _ragged_problem(profile)
+    rmodel = _model_of(rmodel)
+    args = ragged_inputs(3, q_lens, ctx, rmodel, num_tokens=num_tokens, num_slots=num_slots,
+                         dtype=dtype)
+    roof = ragged_roofline(q_lens, ctx, rmodel, dtype, bw["gbps"])
+    for cfg in rconfigs:
+        name = f"ragged mixed {tuning.config_name(cfg)}"
+        if not rec.can_start(name, 3.0):
+            continue
+        try:
+            f = jax.jit(lambda *a, c=cfg: ragged_paged_attention(*a, interpret=interpret, **c))
+            t = time_fn(f, args)
+            rec.add({"case": name, "config": cfg, "us": t["median_s"] * 1e6,
+                     "frac_roofline": roof["roofline_s"] / t["median_s"]})
+        except Exception as e:
+            rec.error(name, e)
+
+
 STAGES = {
     "env": lambda rec, a: stage_env(rec, a.profile, a.interpret),
     "correctness": lambda rec, a: stage_correctness(rec, a.profile, a.interpret),
     "decode": lambda rec, a: stage_decode(rec, a.profile, a.interpret, a.ref_mem_limit),
     "ragged": lambda rec, a: stage_ragged(rec, a.profile, a.interpret, a.ref_mem_limit),
     "autotune": lambda rec, a: stage_autotune(rec, a.profile, a.interpret),
+    "confirm": lambda rec, a: stage_confirm(rec, a.profile, a.interpret),
 }
 
 

@@ -97,6 +97,23 @@ def online_softmax_update(s, v, carry, precision):
     return alpha[:, None] * acc + pv, m_new, l_new
 
 
+def kv_tile_rows(bt_ref, t, tok, *, page_size, max_pages, num_pages, seq=None):
+    """Rows of KV tile t in the pool seen as [num_pages * page_size, D]: [block_kv] int32.
+
+    bt_ref is one sequence's table row [max_pages], or the whole table [S, max_pages] with
+    the sequence `seq` (one indexer: the Triton lowering takes no `.at[seq][idx]` chain).
+    tok = iota(block_kv). One gathered page id per token (4 distinct values for 64 tokens of
+    16-token pages, served by L1) so the tile is one 2-D load with no reshape. Page indices
+    past the table and page ids outside the pool are clamped, so no read leaves the arrays;
+    the rows they name are masked out of the scores by position.
+    """
+    block_kv = tok.shape[0]
+    pidx = jnp.minimum(t * (block_kv // page_size) + tok // page_size, max_pages - 1)
+    page = bt_ref[pidx] if seq is None else bt_ref[seq, pidx]
+    page = jnp.clip(page, 0, num_pages - 1)
+    return page * page_size + tok % page_size
+
+
 def masked_softmax(s, mask):
     """Softmax over the last axis of float32 scores where mask holds; all-masked rows -> 0.
 
@@ -113,25 +130,30 @@ def masked_softmax(s, mask):
 
 
 def _decode_kernel(bt_ref, lens_ref, q_ref, k_ref, v_ref, *out_refs, group, page_size,
-                   pages_per_tile, num_splits, scale_log2, precision, finalize):
+                   block_kv, num_splits, scale_log2, precision, finalize, prefetch_rows):
     """One (sequence b, KV head h, split s) program.
 
     bt_ref [max_pages] page ids of b; lens_ref [B]; q_ref [Hq, D] (all heads of b: rows
-    h*G .. h*G+G-1 are read, padded to Gp rows by a masked load); k_ref, v_ref
-    [num_pages, page_size, D] (KV head h's pool). Outputs: finalize -> o_ref [Hq, D], the
-    normalized rows of head group h (masked store); else acc_ref [Gp, D] f32, m_ref [Gp]
-    f32 (running max, log2 domain), l_ref [Gp] f32 (running sum).
+    h*G .. h*G+G-1 are read, padded to Gp rows by a masked load); k_ref, v_ref KV head h's
+    pool, [num_pages * page_size, D] when prefetch_rows else [num_pages, page_size, D].
+    Outputs: finalize -> o_ref [Hq, D], the normalized rows of head group h (masked store);
+    else acc_ref [Gp, D] f32, m_ref [Gp] f32 (running max, log2 domain), l_ref [Gp] f32.
     Page ids are clamped into the pool and lengths to the table, so no read leaves the
     arrays whatever the table holds past a sequence's length.
+
+    prefetch_rows: the next tile's row ids are gathered one iteration ahead and carried in
+    the loop, so the K/V loads do not depend on a load of the same iteration. Triton's
+    pipeliner then gives them num_stages - 1 shared-memory buffers; with the page ids
+    loaded in the same iteration (the other path) it splits the stages between the id load
+    and the K/V load and keeps only one buffer below 6 stages (seen in the sm_90 TTGIR).
     """
     b = pl.program_id(0)
     h = pl.program_id(1)
     split = pl.program_id(2)
-    block_kv = pages_per_tile * page_size
     rows = padded_group(group)
     head_dim = q_ref.shape[-1]
     max_pages = bt_ref.shape[0]
-    num_pages = k_ref.shape[0]
+    num_pages = k_ref.shape[0] // page_size if prefetch_rows else k_ref.shape[0]
     length = jnp.clip(lens_ref[b], 0, max_pages * page_size)
     num_tiles = (length + block_kv - 1) // block_kv
     tiles_per_split = (num_tiles + num_splits - 1) // num_splits
@@ -141,24 +163,40 @@ def _decode_kernel(bt_ref, lens_ref, q_ref, k_ref, v_ref, *out_refs, group, page
     row_ok = lax.broadcasted_iota(jnp.int32, (rows,), 0) < group
     head_rows = pl.ds(h * group, rows)
     q = _compat.load(q_ref.at[head_rows], mask=row_ok[:, None], other=0.0)
+    tok = lax.broadcasted_iota(jnp.int32, (block_kv,), 0)
+    tile_rows = functools.partial(kv_tile_rows, bt_ref, tok=tok, page_size=page_size,
+                                  max_pages=max_pages, num_pages=num_pages)
 
-    def body(t, carry):
-        idx = t * pages_per_tile + lax.broadcasted_iota(jnp.int32, (pages_per_tile,), 0)
-        page_ids = _compat.load(bt_ref.at[pl.ds(t * pages_per_tile, pages_per_tile)],
-                                mask=idx < max_pages, other=0)
-        page_ids = jnp.clip(page_ids, 0, num_pages - 1)
-        k = k_ref[page_ids].reshape(block_kv, head_dim)
-        v = v_ref[page_ids].reshape(block_kv, head_dim)
+    def attend(t, k, v, carry):
         s = lax.dot_general(q, k, (((1,), (1,)), ((), ())), precision=precision,
                             preferred_element_type=jnp.float32) * scale_log2
         kpos = t * block_kv + lax.broadcasted_iota(jnp.int32, (rows, block_kv), 1)
         s = jnp.where(kpos < length, s, MASK_VALUE)
         return online_softmax_update(s, v, carry, precision)
 
+    def body_prefetch(t, carry):
+        *carry, kv_rows = carry
+        next_rows = tile_rows(t + 1)
+        return (*attend(t, k_ref[kv_rows], v_ref[kv_rows], carry), next_rows)
+
+    def body_pages(t, carry):
+        pages_per_tile = block_kv // page_size
+        idx = t * pages_per_tile + lax.broadcasted_iota(jnp.int32, (pages_per_tile,), 0)
+        page_ids = _compat.load(bt_ref.at[pl.ds(t * pages_per_tile, pages_per_tile)],
+                                mask=idx < max_pages, other=0)
+        page_ids = jnp.clip(page_ids, 0, num_pages - 1)
+        k = k_ref[page_ids].reshape(block_kv, head_dim)
+        v = v_ref[page_ids].reshape(block_kv, head_dim)
+        return attend(t, k, v, carry)
+
     init = (jnp.zeros((rows, head_dim), jnp.float32),
             jnp.full((rows,), MASK_VALUE, jnp.float32),
             jnp.zeros((rows,), jnp.float32))
-    acc, m, l = lax.fori_loop(t_start, t_end, body, init)
+    if prefetch_rows:
+        acc, m, l, _ = lax.fori_loop(t_start, t_end, body_prefetch,
+                                     (*init, tile_rows(t_start)))
+    else:
+        acc, m, l = lax.fori_loop(t_start, t_end, body_pages, init)
     if finalize:
         (o_ref,) = out_refs
         safe_l = jnp.where(l > 0.0, l, 1.0)
@@ -189,7 +227,7 @@ def merge_partials(acc, m, l):
 
 
 def _decode_pallas(q, k_pages, v_pages, block_tables, seq_lens, *, sm_scale, block_kv,
-                   num_splits, num_warps, num_stages, interpret):
+                   num_splits, num_warps, num_stages, prefetch_rows, interpret):
     """q [B, Hq, D] (validated) -> [B, Hq, D].
 
     Without splits the kernel writes the output itself (no XLA op around it); with splits
@@ -203,15 +241,23 @@ def _decode_pallas(q, k_pages, v_pages, block_tables, seq_lens, *, sm_scale, blo
     precision = lax.Precision.HIGHEST if q.dtype == jnp.float32 else None
     finalize = num_splits == 1
     kernel = functools.partial(
-        _decode_kernel, group=group, page_size=page_size,
-        pages_per_tile=block_kv // page_size, num_splits=num_splits,
-        scale_log2=float(sm_scale) * LOG2E, precision=precision, finalize=finalize)
+        _decode_kernel, group=group, page_size=page_size, block_kv=block_kv,
+        num_splits=num_splits, scale_log2=float(sm_scale) * LOG2E, precision=precision,
+        finalize=finalize, prefetch_rows=prefetch_rows)
+    if prefetch_rows:  # the pools as token rows (a free reshape): tiles are 2-D gathers
+        k_pages = k_pages.reshape(num_kv_heads, num_pages * page_size, head_dim)
+        v_pages = v_pages.reshape(num_kv_heads, num_pages * page_size, head_dim)
+    pool_spec = (pl.BlockSpec((None, num_pages * page_size, head_dim),
+                              lambda b, h, s: (h, 0, 0))
+                 if prefetch_rows else
+                 pl.BlockSpec((None, num_pages, page_size, head_dim),
+                              lambda b, h, s: (h, 0, 0, 0)))
     in_specs = [
         pl.BlockSpec((None, max_pages), lambda b, h, s: (b, 0)),
         pl.BlockSpec((batch,), lambda b, h, s: (0,)),
         pl.BlockSpec((None, num_heads, head_dim), lambda b, h, s: (b, 0, 0)),
-        pl.BlockSpec((None, num_pages, page_size, head_dim), lambda b, h, s: (h, 0, 0, 0)),
-        pl.BlockSpec((None, num_pages, page_size, head_dim), lambda b, h, s: (h, 0, 0, 0)),
+        pool_spec,
+        pool_spec,
     ]
     if finalize:
         out_shape = jax.ShapeDtypeStruct(q.shape, q.dtype)
@@ -236,7 +282,8 @@ def _decode_pallas(q, k_pages, v_pages, block_tables, seq_lens, *, sm_scale, blo
         out_shape=out_shape,
         compiler_params=_compat.compiler_params(num_warps, num_stages),
         interpret=interpret,
-        name=f"paged_decode_attention_bkv{block_kv}_s{num_splits}",
+        name=f"paged_decode_attention_bkv{block_kv}_s{num_splits}" + ("" if prefetch_rows
+                                                                      else "_pages"),
     )(block_tables, seq_lens, q, k_pages, v_pages)
     if finalize:
         return out
@@ -297,15 +344,18 @@ def resolve_block_kv(block_kv, page_size, head_dim, dtype) -> int:
 
 def paged_decode_attention(q, k_pages, v_pages, block_tables, seq_lens, *, sm_scale=None,
                            block_kv=None, num_splits=None, num_warps=2, num_stages=4,
-                           interpret=False):
+                           prefetch_rows=True, interpret=False):
     """Decode attention over paged KV: q [B, Hq, D] -> [B, Hq, D].
 
     Query head h reads KV head h // (Hq // Hkv). seq_lens[b] tokens of sequence b (whose
     K/V, the new token's included, are in the pages named by block_tables[b]) are attended;
     zero-length sequences return zeros. sm_scale defaults to 1/sqrt(head_dim).
-    block_kv: KV tokens per inner step (default 128 for bf16, 64 for f32); num_splits:
+    block_kv: KV tokens per inner step (default 64, or the page size if larger); num_splits:
     flash-decoding splits (default from B * Hkv vs the SM count, each >= 512 tokens);
-    num_warps / num_stages: Triton launch parameters. interpret=True runs on CPU.
+    num_warps / num_stages: Triton launch parameters; prefetch_rows: gather the next KV
+    tile's row ids one iteration ahead so Triton pipelines the K/V loads num_stages - 1
+    deep (False: the page-gather loop of the first version, kept for the GPU check's
+    comparison). interpret=True runs on CPU.
     Raises ValueError (naming the argument) on unsupported shapes or dtypes.
     """
     _check(getattr(q, "ndim", None) == 3, "q", "a 3-d array [batch, num_heads, head_dim]",
@@ -335,7 +385,8 @@ def paged_decode_attention(q, k_pages, v_pages, block_tables, seq_lens, *, sm_sc
     return _decode_pallas(q, k_pages, v_pages, block_tables, seq_lens,
                           sm_scale=float(sm_scale), block_kv=block_kv,
                           num_splits=num_splits, num_warps=num_warps,
-                          num_stages=num_stages, interpret=interpret)
+                          num_stages=num_stages, prefetch_rows=bool(prefetch_rows),
+                          interpret=interpret)
 
 
 # ----------------------------------------------------------------------------- reference

@@ -37,6 +37,7 @@ from pallas_kernels.paged_attention import (
     _check_int_vector,
     _next_pow2,
     check_kv_pages,
+    kv_tile_rows,
     masked_softmax,
     online_softmax_update,
 )
@@ -53,18 +54,18 @@ def default_block_kv_ragged(page_size: int, dtype) -> int:
 # ----------------------------------------------------------------------------- kernel
 
 
-def _ragged_kernel(meta_ref, bt_ref, q_ref, k_ref, v_ref, o_in_ref, o_ref, *, block_q,
-                   group_rows, page_size, pages_per_tile, scale_log2, precision):
-    """One (query tile j, KV head h) program.
+def _ragged_tile(j, meta_ref, bt_ref, q_ref, k_ref, v_ref, o_ref, *, block_q, group_rows,
+                 page_size, pages_per_tile, scale_log2, precision, prefetch_rows):
+    """Query tile j of one KV head's program (the head is selected by the BlockSpecs).
 
     meta_ref [4, N]: per tile (seq id, first row, number of rows, position of first row);
     bt_ref [S, max_pages] (ids clamped into the pool here); q_ref [T, Gq, D] (KV head h's
-    query heads); k_ref, v_ref
+    query heads); k_ref, v_ref KV head h's pool, [num_pages * page_size, D] when
+    prefetch_rows (the next KV tile's row ids are gathered one iteration ahead, as in the
+    decode kernel, so Triton pipelines the K/V loads num_stages - 1 deep) else
     [num_pages, page_size, D]; o_ref [T, Gq, D] (aliased with o_in_ref when chaining):
     only the tile's rows are written.
     """
-    del o_in_ref  # aliased with o_ref: rows other tiles wrote stay as they are
-    j = pl.program_id(0)
     seq = meta_ref[0, j]
     row_start = meta_ref[1, j]
     nrows = meta_ref[2, j]
@@ -73,7 +74,7 @@ def _ragged_kernel(meta_ref, bt_ref, q_ref, k_ref, v_ref, o_in_ref, o_ref, *, bl
     head_dim = q_ref.shape[-1]
     rows = block_q * group_rows
     max_pages = bt_ref.shape[1]
-    num_pages = k_ref.shape[0]
+    num_pages = k_ref.shape[0] // page_size if prefetch_rows else k_ref.shape[0]
 
     row_ok = lax.broadcasted_iota(jnp.int32, (block_q,), 0) < nrows
     q = _compat.load(q_ref.at[pl.ds(row_start, block_q)], mask=row_ok[:, None, None],
@@ -85,13 +86,11 @@ def _ragged_kernel(meta_ref, bt_ref, q_ref, k_ref, v_ref, o_in_ref, o_ref, *, bl
     n_all = jnp.maximum(kv_end + block_kv - 1, 0) // block_kv
     row_pos = pos0 + lax.broadcasted_iota(jnp.int32, (rows, block_kv), 0) // group_rows
 
-    def step(t, carry, masked):
-        idx = t * pages_per_tile + lax.broadcasted_iota(jnp.int32, (pages_per_tile,), 0)
-        page_ids = _compat.load(bt_ref.at[seq, pl.ds(t * pages_per_tile, pages_per_tile)],
-                                mask=idx < max_pages, other=0)
-        page_ids = jnp.clip(page_ids, 0, num_pages - 1)
-        k = k_ref[page_ids].reshape(block_kv, head_dim)
-        v = v_ref[page_ids].reshape(block_kv, head_dim)
+    tok = lax.broadcasted_iota(jnp.int32, (block_kv,), 0)
+    tile_rows = functools.partial(kv_tile_rows, bt_ref, tok=tok, page_size=page_size,
+                                  max_pages=max_pages, num_pages=num_pages, seq=seq)
+
+    def attend(t, k, v, carry, masked):
         s = lax.dot_general(q, k, (((1,), (1,)), ((), ())), precision=precision,
                             preferred_element_type=jnp.float32) * scale_log2
         if masked:
@@ -99,15 +98,59 @@ def _ragged_kernel(meta_ref, bt_ref, q_ref, k_ref, v_ref, o_in_ref, o_ref, *, bl
             s = jnp.where(kpos <= row_pos, s, MASK_VALUE)
         return online_softmax_update(s, v, carry, precision)
 
+    def step_prefetch(t, carry, masked):
+        *carry, kv_rows = carry
+        next_rows = tile_rows(t + 1)
+        return (*attend(t, k_ref[kv_rows], v_ref[kv_rows], carry, masked), next_rows)
+
+    def step_pages(t, carry, masked):
+        idx = t * pages_per_tile + lax.broadcasted_iota(jnp.int32, (pages_per_tile,), 0)
+        page_ids = _compat.load(bt_ref.at[seq, pl.ds(t * pages_per_tile, pages_per_tile)],
+                                mask=idx < max_pages, other=0)
+        page_ids = jnp.clip(page_ids, 0, num_pages - 1)
+        k = k_ref[page_ids].reshape(block_kv, head_dim)
+        v = v_ref[page_ids].reshape(block_kv, head_dim)
+        return attend(t, k, v, carry, masked)
+
+    step = step_prefetch if prefetch_rows else step_pages
     carry = (jnp.zeros((rows, head_dim), jnp.float32),
              jnp.full((rows,), MASK_VALUE, jnp.float32),
              jnp.zeros((rows,), jnp.float32))
+    if prefetch_rows:
+        carry = (*carry, tile_rows(0))
+    # The row ids the first loop carries out are those of tile n_full: the second's first.
     carry = lax.fori_loop(0, n_full, functools.partial(step, masked=False), carry)
-    acc, _, l = lax.fori_loop(n_full, n_all, functools.partial(step, masked=True), carry)
+    acc, _, l = lax.fori_loop(n_full, n_all, functools.partial(step, masked=True), carry)[:3]
     safe_l = jnp.where(l > 0.0, l, 1.0)
     o = jnp.where(l[:, None] > 0.0, acc / safe_l[:, None], 0.0).astype(o_ref.dtype)
     _compat.store(o_ref.at[pl.ds(row_start, block_q)],
                   o.reshape(block_q, group_rows, head_dim), mask=row_ok[:, None, None])
+
+
+def _ragged_kernel(meta_ref, bt_ref, q_ref, k_ref, v_ref, o_in_ref, o_ref, **kw):
+    """One (query tile j, KV head h) program of one tile class."""
+    del o_in_ref  # aliased with o_ref: rows other tiles wrote stay as they are
+    _ragged_tile(pl.program_id(0), meta_ref, bt_ref, q_ref, k_ref, v_ref, o_ref, **kw)
+
+
+def _ragged_fused_kernel(meta_ref, bt_ref, q_ref, k_ref, v_ref, o_in_ref, o_ref, *, n_first,
+                         block_qs, **kw):
+    """Both tile classes in one launch: tiles j < n_first have block_qs[0] query rows
+    (the prefill tiles, first so the long programs start first), the rest block_qs[1].
+    One launch lets the prefill tiles' arithmetic overlap the decode tiles' KV streaming,
+    which two launches in a row cannot."""
+    del o_in_ref
+    j = pl.program_id(0)
+
+    @pl.when(j < n_first)
+    def _():
+        _ragged_tile(j, meta_ref, bt_ref, q_ref, k_ref, v_ref, o_ref, block_q=block_qs[0],
+                     **kw)
+
+    @pl.when(j >= n_first)
+    def _():
+        _ragged_tile(j, meta_ref, bt_ref, q_ref, k_ref, v_ref, o_ref, block_q=block_qs[1],
+                     **kw)
 
 
 # ----------------------------------------------------------------------------- pallas_call
@@ -143,15 +186,34 @@ def query_tiles(query_start_loc, seq_lens, num_seqs, *, block_q, min_q_len, max_
     ]).astype(jnp.int32)
 
 
-def _ragged_call(meta, bt, qg, k_pages, v_pages, out, *, block_q, block_kv, scale_log2,
-                 num_warps, num_stages, interpret):
+def _ragged_call(classes, bt, qg, k_pages, v_pages, out, *, block_kv, scale_log2,
+                 num_warps, num_stages, prefetch_rows, interpret):
+    """One launch over the tiles of one class [(block_q, meta)] or of two (fused)."""
     num_tokens, num_kv_heads, group_rows, head_dim = qg.shape
     _, num_pages, page_size, _ = k_pages.shape
-    num_tiles = meta.shape[1]
     precision = lax.Precision.HIGHEST if qg.dtype == jnp.float32 else None
-    kernel = functools.partial(
-        _ragged_kernel, block_q=block_q, group_rows=group_rows, page_size=page_size,
-        pages_per_tile=block_kv // page_size, scale_log2=scale_log2, precision=precision)
+    common = dict(group_rows=group_rows, page_size=page_size,
+                  pages_per_tile=block_kv // page_size, scale_log2=scale_log2,
+                  precision=precision, prefetch_rows=prefetch_rows)
+    if len(classes) == 1:
+        (block_q, meta), = classes
+        kernel = functools.partial(_ragged_kernel, block_q=block_q, **common)
+        name = f"ragged_paged_attention_bq{block_q}_bkv{block_kv}"
+    else:
+        (bq0, meta0), (bq1, meta1) = classes
+        meta = jnp.concatenate([meta0, meta1], axis=1)
+        kernel = functools.partial(_ragged_fused_kernel, n_first=meta0.shape[1],
+                                   block_qs=(bq0, bq1), **common)
+        name = f"ragged_paged_attention_fused_bq{bq0}_{bq1}_bkv{block_kv}"
+    num_tiles = meta.shape[1]
+    if prefetch_rows:  # the pools as token rows (a free reshape): tiles are 2-D gathers
+        k_pages = k_pages.reshape(num_kv_heads, num_pages * page_size, head_dim)
+        v_pages = v_pages.reshape(num_kv_heads, num_pages * page_size, head_dim)
+        pool_spec = pl.BlockSpec((None, num_pages * page_size, head_dim),
+                                 lambda j, h: (h, 0, 0))
+    else:
+        pool_spec = pl.BlockSpec((None, num_pages, page_size, head_dim),
+                                 lambda j, h: (h, 0, 0, 0))
     return pl.pallas_call(
         kernel,
         grid=(num_tiles, num_kv_heads),
@@ -159,8 +221,8 @@ def _ragged_call(meta, bt, qg, k_pages, v_pages, out, *, block_q, block_kv, scal
             pl.BlockSpec(meta.shape, lambda j, h: (0, 0)),
             pl.BlockSpec(bt.shape, lambda j, h: (0, 0)),
             pl.BlockSpec((num_tokens, None, group_rows, head_dim), lambda j, h: (0, h, 0, 0)),
-            pl.BlockSpec((None, num_pages, page_size, head_dim), lambda j, h: (h, 0, 0, 0)),
-            pl.BlockSpec((None, num_pages, page_size, head_dim), lambda j, h: (h, 0, 0, 0)),
+            pool_spec,
+            pool_spec,
             pl.BlockSpec((num_tokens, None, group_rows, head_dim), lambda j, h: (0, h, 0, 0)),
         ],
         out_specs=pl.BlockSpec((num_tokens, None, group_rows, head_dim),
@@ -169,7 +231,7 @@ def _ragged_call(meta, bt, qg, k_pages, v_pages, out, *, block_q, block_kv, scal
         input_output_aliases={5: 0},
         compiler_params=_compat.compiler_params(num_warps, num_stages),
         interpret=interpret,
-        name=f"ragged_paged_attention_bq{block_q}_bkv{block_kv}",
+        name=name,
     )(meta, bt, qg, k_pages, v_pages, out)
 
 
@@ -187,7 +249,8 @@ def tile_plan(num_tokens: int, num_slots: int, group: int, block_q_rows: int):
 
 
 def _ragged_pallas(q, k_pages, v_pages, block_tables, seq_lens, query_start_loc, num_seqs,
-                   *, sm_scale, block_q_rows, block_kv, num_warps, num_stages, interpret):
+                   *, sm_scale, block_q_rows, block_kv, num_warps, num_stages,
+                   decode_num_warps, decode_num_stages, prefetch_rows, fused, interpret):
     num_tokens, num_heads, head_dim = q.shape
     num_kv_heads, _, page_size, _ = k_pages.shape
     num_slots, max_pages = block_tables.shape
@@ -203,14 +266,23 @@ def _ragged_pallas(q, k_pages, v_pages, block_tables, seq_lens, query_start_loc,
 
     # Zeros: rows no tile covers (padding beyond query_start_loc[num_seqs]) stay zero.
     out = jnp.zeros_like(qg)
+    classes = []
     for block_q, lo, hi, n in tile_plan(num_tokens, num_slots, group, block_q_rows):
-        if n <= 0:
-            continue
-        meta = query_tiles(qsl, lens, num_seqs, block_q=block_q, min_q_len=lo, max_q_len=hi,
-                           num_tiles=n)
-        out = _ragged_call(meta, block_tables, qg, k_pages, v_pages, out, block_q=block_q,
-                           block_kv=block_kv, scale_log2=float(sm_scale) * LOG2E,
-                           num_warps=num_warps, num_stages=num_stages, interpret=interpret)
+        if n > 0:
+            classes.append((block_q, query_tiles(qsl, lens, num_seqs, block_q=block_q,
+                                                 min_q_len=lo, max_q_len=hi, num_tiles=n)))
+    call = functools.partial(_ragged_call, bt=block_tables, qg=qg, k_pages=k_pages,
+                             v_pages=v_pages, block_kv=block_kv,
+                             scale_log2=float(sm_scale) * LOG2E, prefetch_rows=prefetch_rows,
+                             interpret=interpret)
+    if fused and len(classes) == 2:  # prefill tiles first, the launch of prefill tiles
+        out = call(classes[::-1], out=out, num_warps=num_warps, num_stages=num_stages)
+    else:
+        for i, cls in enumerate(classes):
+            # Class 0 is the 16-row (decode) tiles: a decode kernel's launch shape suits them.
+            warps, stages = ((decode_num_warps, decode_num_stages) if i == 0
+                             else (num_warps, num_stages))
+            out = call([cls], out=out, num_warps=warps, num_stages=stages)
     out = out[:, :, :group, :].reshape(num_tokens, num_heads, head_dim)
     return out
 
@@ -220,7 +292,9 @@ def _ragged_pallas(q, k_pages, v_pages, block_tables, seq_lens, query_start_loc,
 
 def ragged_paged_attention(q, k_pages, v_pages, block_tables, seq_lens, query_start_loc,
                            num_seqs, *, sm_scale=None, block_q_rows=DEFAULT_BLOCK_Q_ROWS,
-                           block_kv=None, num_warps=4, num_stages=2, interpret=False):
+                           block_kv=None, num_warps=4, num_stages=3, decode_num_warps=2,
+                           decode_num_stages=4, prefetch_rows=True, fused=False,
+                           interpret=False):
     """Attention for a flat ragged batch of prefill chunks and decode tokens: [T, Hq, D].
 
     q [T, Hq, D]; k_pages, v_pages [Hkv, num_pages, page_size, D]; block_tables [S, P]
@@ -230,7 +304,12 @@ def ragged_paged_attention(q, k_pages, v_pages, block_tables, seq_lens, query_st
     and attends causally to keys 0..position. Rows >= query_start_loc[num_seqs] give zeros.
     Query head h reads KV head h // (Hq // Hkv); sm_scale defaults to 1/sqrt(head_dim).
     block_q_rows: rows (tokens x padded group) of a prefill tile; block_kv: KV tokens per
-    inner step; num_warps / num_stages: Triton launch parameters; interpret=True: CPU.
+    inner step; num_warps / num_stages: Triton launch parameters of the prefill tiles,
+    decode_num_warps / decode_num_stages those of the 16-row tiles of short query ranges;
+    prefetch_rows: gather the next KV tile's row ids one iteration ahead (see
+    `paged_decode_attention`; False: the first version's page-gather loop); fused: both
+    tile classes in one launch (prefill tiles first) with the prefill tiles' launch
+    parameters, instead of one launch per class; interpret=True: CPU.
     Raises ValueError (naming the argument) on unsupported shapes or dtypes.
     """
     _check(getattr(q, "ndim", None) == 3, "q", "a 3-d array [num_tokens, num_heads, head_dim]",
@@ -260,6 +339,10 @@ def ragged_paged_attention(q, k_pages, v_pages, block_tables, seq_lens, query_st
     _check(num_warps in (1, 2, 4, 8, 16), "num_warps", "one of 1, 2, 4, 8, 16", num_warps)
     _check(isinstance(num_stages, int) and num_stages >= 1, "num_stages", "an int >= 1",
            num_stages)
+    _check(decode_num_warps in (1, 2, 4, 8, 16), "decode_num_warps", "one of 1, 2, 4, 8, 16",
+           decode_num_warps)
+    _check(isinstance(decode_num_stages, int) and decode_num_stages >= 1, "decode_num_stages",
+           "an int >= 1", decode_num_stages)
     if sm_scale is None:
         sm_scale = head_dim ** -0.5
     if num_tokens == 0:
@@ -267,6 +350,9 @@ def ragged_paged_attention(q, k_pages, v_pages, block_tables, seq_lens, query_st
     return _ragged_pallas(q, k_pages, v_pages, block_tables, seq_lens, query_start_loc,
                           num_seqs, sm_scale=float(sm_scale), block_q_rows=block_q_rows,
                           block_kv=block_kv, num_warps=num_warps, num_stages=num_stages,
+                          decode_num_warps=decode_num_warps,
+                          decode_num_stages=decode_num_stages,
+                          prefetch_rows=bool(prefetch_rows), fused=bool(fused),
                           interpret=interpret)
 
 

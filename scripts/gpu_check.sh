@@ -9,15 +9,17 @@
 # the rest; each writes <out>/<stage>.json as it goes (partial results survive a timeout):
 #   nvidia-smi        ~1 s
 #   env+correctness   both kernels vs the references on device, bf16 and f32     ~30-45 s
-#   decode            copy bandwidth; decode kernel vs XLA reference, Llama-3-8B bf16,
-#                     batch 1/8/64/256 x context 512/2k/8k, GB/s and % of copy    ~40-55 s
-#   ragged            512-token chunk + 63 decodes vs roofline and reference;
-#                     pure decode through both kernels                            ~15-20 s
-#   autotune          decode block configs x 3 shapes, split counts; ragged configs ~40 s
+#   decode            copy bandwidth; decode kernel vs XLA reference and vs the first
+#                     version's loop, Llama-3-8B bf16, batch 1/8/64/256 x context
+#                     512/2k/8k, GB/s and % of copy                               ~50-70 s
+#   ragged            512-token chunk + 63 decodes vs roofline, reference, first
+#                     version; pure decode through both kernels                   ~15-25 s
+#   autotune          decode block configs x 3 shapes, split counts; ragged configs ~60 s
+#   confirm           the best two decode / ragged configs + defaults, target shapes ~20 s
 #   summary           results.json + tables (also in summary.txt)                  ~1 s
 #   engine            scripts/engine_gpu_bench.py, if it exists (timeout 150)
-# Kernel stages stop by KERNEL_BUDGET_S (default 230 s after start); the whole script by
-# TOTAL_BUDGET_S (default 360 s). CPU dry run of every path (tiny shapes, interpret mode):
+# Kernel stages stop by KERNEL_BUDGET_S (default 300 s after start); the whole script by
+# TOTAL_BUDGET_S (default 420 s). CPU dry run of every path (tiny shapes, interpret mode):
 #   KERNEL_BENCH_ARGS="--profile=smoke --interpret" TOTAL_BUDGET_S=0 bash scripts/gpu_check.sh
 set -u
 
@@ -28,8 +30,8 @@ OUT_DIR="${OUT:-$ROOT/results/gpu_check}"
 mkdir -p "$OUT_DIR"
 LOG="$OUT_DIR/gpu_check.log"
 PY="${PYTHON:-$(command -v python3 || command -v python)}"
-KERNEL_BUDGET_S="${KERNEL_BUDGET_S:-230}"
-TOTAL_BUDGET_S="${TOTAL_BUDGET_S:-360}"
+KERNEL_BUDGET_S="${KERNEL_BUDGET_S:-300}"
+TOTAL_BUDGET_S="${TOTAL_BUDGET_S:-420}"
 START=$(date +%s)
 
 export XLA_PYTHON_CLIENT_MEM_FRACTION="${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.9}"
@@ -71,9 +73,10 @@ timeout 20 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,clocks.max.mem
   --format=csv >> "$OUT_DIR/nvidia-smi.txt" 2>&1
 
 run_stage env,correctness 45 70
-run_stage decode 55 80
-run_stage ragged 20 45
-run_stage autotune 45 70
+run_stage decode 70 95
+run_stage ragged 25 50
+run_stage autotune 70 95
+run_stage confirm 30 50
 
 say "summary"
 timeout 30 "$PY" scripts/kernel_bench.py --stage=summary --out_dir="$OUT_DIR" \

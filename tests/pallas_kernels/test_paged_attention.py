@@ -76,6 +76,21 @@ def test_block_kv_variants(block_kv):
     assert_close(out, ref, F32, f"block_kv {block_kv}")
 
 
+@pytest.mark.parametrize("prefetch_rows", [True, False])
+@pytest.mark.parametrize("page_size,dtype", [(16, F32), (32, BF16), (64, F32)])
+def test_both_kv_loops(prefetch_rows, page_size, dtype):
+    """The row-prefetching loop (default) and the first version's page-gather loop."""
+    rng = np.random.default_rng(page_size)
+    max_pages = max(2, 192 // page_size)
+    lens = _lengths(page_size, max_pages)
+    case = decode_case(rng, lens, num_heads=8, num_kv_heads=2, head_dim=64,
+                       page_size=page_size, num_pages=sum(-(-n // page_size) for n in lens) + 3,
+                       max_pages=max_pages, dtype=dtype)
+    for splits in (1, 3):
+        out, ref = _run(case, num_splits=splits, prefetch_rows=prefetch_rows)
+        assert_close(out, ref, dtype, f"prefetch_rows={prefetch_rows}, {splits} splits")
+
+
 def test_zero_length_gives_zeros_not_nan():
     rng = np.random.default_rng(0)
     case = decode_case(rng, [0, 0, 3], num_heads=8, num_kv_heads=2, head_dim=64,

@@ -21,7 +21,7 @@ F32, BF16 = jnp.float32, jnp.bfloat16
 rpa_mod = importlib.import_module("pallas_kernels.ragged_paged_attention")
 
 _kernel = jax.jit(functools.partial(ragged_paged_attention, interpret=True),
-                  static_argnames=("block_q_rows", "block_kv"))
+                  static_argnames=("block_q_rows", "block_kv", "prefetch_rows", "fused"))
 
 
 def _check(args, dtype, what="", **kw):
@@ -83,6 +83,20 @@ def test_single_long_prefill_chunk_many_tiles():
     _check(args, F32, "long chunk")
     _check(args, F32, "long chunk, block_kv 32, 16-row tiles", block_q_rows=16, block_kv=32)
     _check(args, F32, "long chunk, block_kv 128", block_q_rows=32, block_kv=128)
+
+
+@pytest.mark.parametrize("prefetch_rows,fused", [(True, True), (False, True), (False, False)])
+@pytest.mark.parametrize("page_size,dtype", [(16, BF16), (32, F32)])
+def test_loop_and_launch_variants(prefetch_rows, fused, page_size, dtype):
+    """Both KV loops, with the two tile classes in one launch (fused) or one each."""
+    rng = np.random.default_rng(page_size + 7)
+    # decode rows, a long chunk (several prefill tiles, mask + no-mask loops), an empty slot
+    q_lens, ctx = [1, 70, 1, 0, 5], [130, 200, 1, 0, 5]
+    args = ragged_case(rng, q_lens, ctx, num_heads=8, num_kv_heads=2, head_dim=64,
+                       page_size=page_size, num_tokens=96, num_slots=6,
+                       max_pages=-(-200 // page_size) + 1, dtype=dtype)
+    _check(args, dtype, f"prefetch_rows={prefetch_rows} fused={fused}",
+           prefetch_rows=prefetch_rows, fused=fused)
 
 
 def test_whole_prompts_no_prefix():
