@@ -643,6 +643,26 @@ def stage_confirm(rec: Recorder, profile: str, interpret: bool):
             rec.error(name, e)
 
 
+def stage_profile(rec: Recorder, profile: str, interpret: bool):
+    """A few calls of the default decode (B=64, ctx 2k) and ragged kernels, untimed: the
+    target of an external profiler (gpu_check.sh runs it under ncu when ncu exists)."""
+    if profile == "smoke":
+        batch, ctx, model = 2, 128, _model_of("small")
+    else:
+        batch, ctx, model = 64, 2048, "llama3-8b"
+    args = decode_inputs(5, batch, ctx, model, PAGE_SIZE, jnp.bfloat16)
+    f = jax.jit(lambda *a: paged_decode_attention(*a, interpret=interpret))
+    for _ in range(3):
+        jax.block_until_ready(f(*args))
+    q_lens, ctxs, num_tokens, num_slots, rmodel = _ragged_problem(profile)
+    rargs = ragged_inputs(1, q_lens, ctxs, _model_of(rmodel), num_tokens=num_tokens,
+                          num_slots=num_slots, dtype=jnp.bfloat16)
+    g = jax.jit(lambda *a: ragged_paged_attention(*a, interpret=interpret))
+    for _ in range(3):
+        jax.block_until_ready(g(*rargs))
+    rec.add({"case": "profile target ran", "decode_shape": [batch, ctx]})
+
+
 STAGES = {
     "env": lambda rec, a: stage_env(rec, a.profile, a.interpret),
     "correctness": lambda rec, a: stage_correctness(rec, a.profile, a.interpret),
@@ -650,6 +670,7 @@ STAGES = {
     "ragged": lambda rec, a: stage_ragged(rec, a.profile, a.interpret, a.ref_mem_limit),
     "autotune": lambda rec, a: stage_autotune(rec, a.profile, a.interpret),
     "confirm": lambda rec, a: stage_confirm(rec, a.profile, a.interpret),
+    "profile": lambda rec, a: stage_profile(rec, a.profile, a.interpret),
 }
 
 

@@ -18,6 +18,9 @@
 #   confirm           the best two decode / ragged configs + defaults, target shapes ~20 s
 #   summary           results.json + tables (also in summary.txt)                  ~1 s
 #   engine            scripts/engine_gpu_bench.py, if it exists (timeout 150)
+#   ncu               if ncu exists and >= 60 s are left: Nsight Compute's speed-of-light,
+#                     occupancy, warp-state and memory sections of the 3rd decode (B=64,
+#                     2k) launch and the ragged launches after it, into ncu.txt    ~40 s
 # Kernel stages stop by KERNEL_BUDGET_S (default 300 s after start); the whole script by
 # TOTAL_BUDGET_S (default 420 s). CPU dry run of every path (tiny shapes, interpret mode):
 #   KERNEL_BENCH_ARGS="--profile=smoke --interpret" TOTAL_BUDGET_S=0 bash scripts/gpu_check.sh
@@ -109,5 +112,21 @@ if [[ -f "$ROOT/scripts/engine_gpu_bench.py" ]]; then
     say "engine bench skipped: ${left}s left"
     record_rc engine '"skipped"' 0
   fi
+fi
+left=$(( TOTAL_BUDGET_S - $(elapsed) ))
+NCU="$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu \
+  2> /dev/null | head -n 1)"
+if [[ -n "$NCU" ]] && (( left >= 60 )); then
+  say "ncu $NCU (timeout $(( left - 5 ))s)"
+  # --clock-control none: measure the card as it is (never change its clocks)
+  timeout -k 5 $(( left - 5 )) "$NCU" --clock-control none --launch-skip 2 --launch-count 7 \
+    --kernel-name regex:'paged_decode|ragged_paged' --section SpeedOfLight \
+    --section Occupancy --section WarpStateStats --section LaunchStats \
+    --section MemoryWorkloadAnalysis \
+    "$PY" scripts/kernel_bench.py --stage=profile --out_dir="$OUT_DIR/ncu_run" \
+    ${KERNEL_BENCH_ARGS:-} > "$OUT_DIR/ncu.txt" 2>&1
+  say "ncu rc=$? ($(wc -l < "$OUT_DIR/ncu.txt") lines in ncu.txt)"
+else
+  say "ncu skipped (not installed, or ${left}s left)"
 fi
 say "done in $(elapsed)s; results in $OUT_DIR (results.json, summary.txt, gpu_check.log)"

@@ -20,7 +20,7 @@ from absl import app, flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 _STAGE = flags.DEFINE_list("stage", ["all"], "comma list of env, correctness, decode, "
-                           "ragged, autotune, confirm; or all; or summary")
+                           "ragged, autotune, confirm, profile; or all; or summary")
 _OUT = flags.DEFINE_string("out_dir", os.environ.get("OUT") or "results/gpu_check",
                            "directory of the per-stage JSON files")
 _BUDGET = flags.DEFINE_float("budget_s", 60.0, "time budget of the stage (each, for all)")
