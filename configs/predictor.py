@@ -28,6 +28,10 @@ def get_config():
     c.data.split = (0.7, 0.1, 0.2)      # train / validation (early stop, calibration) / test,
                                         # by prompt
     c.data.split_seed = 0               # the split's hash seed (and the synthetic data's)
+    c.data.train_on_val = False         # train on train + validation (needs train.keep=
+                                        # "last": the epoch count is fixed beforehand on a
+                                        # run with validation); the interval is then
+                                        # calibrated on the out-of-bag prompts alone
     c.data.synthetic_log = "/tmp/llmserve_synthetic_trace.jsonl"  # where synthetic data goes
     c.data.synthetic_num_requests = 2000  # synthetic requests when no data source exists
 
@@ -61,6 +65,8 @@ def get_config():
                                         # (|log length error|) or nll (overconfident stds
                                         # make NLL turn up epochs before the means stop improving)
                                         # or ensemble_log_mae (one epoch for all members)
+    c.train.keep = "best"               # best: each member's best validation epoch (early
+                                        # stopping); last: run every epoch, keep the last
     c.train.learning_rate = 1e-3        # AdamW peak learning rate
     c.train.warmup_frac = 0.05          # linear warm-up share of all steps, then cosine decay
     c.train.weight_decay = 1e-4         # AdamW decoupled weight decay
@@ -74,6 +80,9 @@ def get_config():
     c.eval = ml_collections.ConfigDict()
     c.eval.latency_batch_size = 64      # prompts per predict() call in the latency figure
     c.eval.latency_repeats = 50         # timed calls (after one warm-up call)
+    c.eval.cv_folds = 0                 # > 1: also k-fold cross-validate the checkpoint's
+                                        # recipe over all its prompts (split by prompt; one
+                                        # training per fold): mean +- std across folds
     c.eval.workload_log = ""            # if set: write every held-out (prompt, sampled length)
                                         # as a request of a trace log here, for the benchmark's
                                         # workload.kind=jsonl (end-to-end on unseen prompts)

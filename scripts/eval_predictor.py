@@ -2,6 +2,8 @@
 noise floor and the targets; time predict() on batches of 64.
 
   python scripts/eval_predictor.py --config=configs/predictor.py --workdir=runs/predictor
+  # + 5-fold cross-validation of the checkpoint's recipe (5 more trainings):
+  python scripts/eval_predictor.py ... --config.eval.cv_folds=5
 
 Writes WORKDIR/eval.json.
 """
@@ -13,7 +15,7 @@ from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from llmserve.predictor.evaluate import ROW_ORDER, format_table, run_evaluation
+from llmserve.predictor.evaluate import ROW_ORDER, format_cv_table, format_table, run_evaluation
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/predictor.py", "predictor config")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/predictor", "holds the checkpoint")
@@ -24,7 +26,8 @@ def main(argv):
     c = _CONFIG.value
     res = run_evaluation(_WORKDIR.value, c.eval.latency_batch_size, c.eval.latency_repeats,
                          c.eval.workload_log, c.eval.workload_rate, c.eval.workload_max_len,
-                         c.eval.workload_num_requests, c.eval.workload_output_scale)
+                         c.eval.workload_num_requests, c.eval.workload_output_scale,
+                         c.eval.cv_folds)
     rows = res["rows"]
     members = sorted(k for k in rows if k.startswith("member_") and k != "member_avg")
     print(f"data: {res['data']}; held-out: {res['num_test_prompts']} prompts, "
@@ -40,6 +43,8 @@ def main(argv):
         print(f"held-out workload: {res['workload_requests']} requests -> {res['workload_log']}")
         if res.get("workload_checkpoint"):
             print(f"predictor rescaled to its output lengths: {res['workload_checkpoint']}")
+    if "cross_validation" in res:
+        print(format_cv_table(res["cross_validation"]))
     print(f"results: {os.path.join(_WORKDIR.value, 'eval.json')}")
 
 

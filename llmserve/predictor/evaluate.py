@@ -143,17 +143,93 @@ def format_table(rows: dict, order=None) -> str:
     return "\n".join(lines)
 
 
+def format_cv_table(cv: dict) -> str:
+    """Per-fold rows and mean +- std of a cross_validate result."""
+    cols = [("mae", "MAE", "{:.1f}"), ("bucket_acc", "3-bucket", "{:.3f}"),
+            ("kendall_tau", "Kendall", "{:.3f}"), ("coverage80", "cov80", "{:.3f}"),
+            ("constant_mae", "const MAE", "{:.1f}")]
+    lines = [f"{cv['folds']}-fold cross-validation by prompt ({cv['data']})",
+             f"{'fold':<14}{'prompts':>8}" + "".join(f"{h:>16}" for _, h, _ in cols)]
+    for i, r in enumerate(cv["per_fold"]):
+        lines.append(f"{i + 1:<14}{r['num_test']:>8}" +
+                     "".join(f"{fmt.format(r[k]):>16}" for k, _, fmt in cols))
+    s = cv["summary"]
+    lines.append(f"{'mean +- std':<14}{'':>8}" + "".join(
+        f"{fmt.format(s[k]['mean']) + ' +- ' + fmt.format(s[k]['std']):>16}"
+        for k, _, fmt in cols))
+    return "\n".join(lines)
+
+
 ROW_ORDER = ("ensemble", "member_avg", "constant", "prompt_len_regression", "noise_floor")
+
+
+CV_METRICS = ("mae", "bucket_acc", "kendall_tau", "coverage80")
+
+
+def cv_splits(ds, folds: int, split=(0.7, 0.1, 0.2), seed: int = 0) -> list:
+    """k-fold cross-validation by prompt -> [(train, val, test)] per fold. The test sets are
+    `folds` equal parts by a hash of each prompt (every prompt is tested exactly once); the
+    rest of each fold is split into train and validation in the ratio split[0]:split[1] by
+    another hash, as the single split does."""
+    from llmserve.predictor import data as data_lib
+    if int(folds) != folds or folds < 2:
+        raise ValueError(f"eval.cv_folds must be an integer >= 2, got {folds!r}")
+    if len(ds) < 2 * folds:
+        raise ValueError(f"eval.cv_folds={folds} needs at least {2 * folds} prompts, "
+                         f"got {len(ds)}")
+    folds = int(folds)
+    parts = data_lib.split_by_prompt(ds, [1.0 / folds] * folds, seed)
+    tr = split[0] / (split[0] + split[1])
+    out = []
+    for f in range(folds):
+        rest = data_lib.concat([p for g, p in enumerate(parts) if g != f])
+        train, val = data_lib.split_by_prompt(rest, (tr, 1.0 - tr), seed + 1)
+        out.append((train, val, parts[f]))
+    return out
+
+
+def cross_validate(config, folds: int) -> dict:
+    """Train `config`'s recipe once per fold of cv_splits over all its served prompts and
+    score each fold's test prompts: how much a figure depends on which prompts are held out.
+    -> {"per_fold": [...], "summary": {metric: {"mean", "std"}}} (std over folds, ddof 1)."""
+    from absl import logging
+
+    from llmserve.predictor import data as data_lib
+    from llmserve.predictor.train import fit_predictor, load_served_data
+    tok = data_lib.tokenizer_for(config.tokenizer)
+    ds, desc = load_served_data(config, tok)
+    per_fold = []
+    for f, (train, val, test) in enumerate(cv_splits(ds, folds, tuple(config.data.split),
+                                                     config.data.split_seed)):
+        predictor, *_ = fit_predictor(config, train, val, test, tok, desc)
+        r = score_predictor(predictor, test)
+        row = {k: r[k] for k in CV_METRICS}
+        row["constant_mae"] = baseline_rows(train, test, predictor.bucket_edges)["constant"]["mae"]
+        p = predictor.predict(test.prompts)
+        pidx, y = test.per_sample()
+        src = np.asarray(test.sources)[pidx]
+        row["mae_by_source"] = {s: float(np.mean(np.abs(p.median[pidx] - y)[src == s]))
+                                for s in sorted(set(test.sources))}
+        row.update(num_train=len(train), num_val=len(val), num_test=len(test))
+        per_fold.append(row)
+        logging.info("fold %d/%d: %d/%d/%d prompts, MAE %.1f, 3-bucket %.3f, tau %.3f, "
+                     "cov80 %.3f", f + 1, folds, len(train), len(val), len(test), row["mae"],
+                     row["bucket_acc"], row["kendall_tau"], row["coverage80"])
+    keys = CV_METRICS + ("constant_mae",)
+    summary = {k: {"mean": float(np.mean([r[k] for r in per_fold])),
+                   "std": float(np.std([r[k] for r in per_fold], ddof=1))} for k in keys}
+    return {"folds": int(folds), "data": desc, "per_fold": per_fold, "summary": summary}
 
 
 def run_evaluation(workdir: str, latency_batch_size: int = 64, latency_repeats: int = 50,
                    workload_log: str = "", workload_rate: float = 1.0,
                    workload_max_len: int = 0, workload_num_requests: int = 0,
-                   workload_output_scale: float = 1.0) -> dict:
+                   workload_output_scale: float = 1.0, cv_folds: int = 0) -> dict:
     """Score the checkpoint in workdir on the held-out test split of the data it was trained
     on (the split is rebuilt from the config stored in the checkpoint), time predict(), and
     write workdir/eval.json; with `workload_log`, also write the held-out end-to-end workload
-    there (write_heldout_workload). -> the results (rows, latency, targets)."""
+    there (write_heldout_workload); with `cv_folds` > 1, also cross-validate the checkpoint's
+    recipe (cross_validate: one training per fold). -> the results (rows, latency, targets)."""
     import json
     import os
 
@@ -198,6 +274,8 @@ def run_evaluation(workdir: str, latency_batch_size: int = 64, latency_repeats: 
             out["workload_checkpoint"] = rescale_checkpoint(
                 workdir, os.path.join(workdir, f"scaled_{workload_output_scale:g}"),
                 workload_output_scale)
+    if cv_folds:
+        out["cross_validation"] = cross_validate(config, cv_folds)
     with open(os.path.join(workdir, "eval.json"), "w") as f:
         json.dump(out, f, indent=1)
     return out

@@ -151,10 +151,14 @@ class LengthPredictor:
         training prompt i. Those prompts are scored by the mixture of the members that did
         not see them and pooled with ds: a calibration set ~8x the validation split, and one
         the members' early stopping (chosen on validation) did not tune."""
+        if ds is None and out_of_bag is None:
+            raise ValueError("calibrate needs a dataset or out-of-bag training prompts")
         self.interval_scale = 1.0
-        p = self.predict(ds.prompts)
-        pidx, y = ds.per_sample()
-        zs = [np.abs(np.log1p(y) - p.log_mean[pidx]) / p.log_std[pidx]]
+        zs = []
+        if ds is not None:  # None: trained on validation too, only out-of-bag prompts left
+            p = self.predict(ds.prompts)
+            pidx, y = ds.per_sample()
+            zs.append(np.abs(np.log1p(y) - p.log_mean[pidx]) / p.log_std[pidx])
         if out_of_bag is not None:
             train_ds, mask = out_of_bag
             mask = np.asarray(mask, bool)

@@ -32,6 +32,18 @@ def build_datasets(config, tokenizer):
     """-> (train, val, test, description). Shared data when its files exist, else a
     synthetic trace log (written to `config.data.synthetic_log`) whose lengths depend on
     the prompt."""
+    ds, desc = load_served_data(config, tokenizer)
+    d = config.data
+    train, val, test = data_lib.split_by_prompt(ds, tuple(d.split), seed=d.split_seed)
+    if len(train) < 2 or len(val) < 1:
+        raise ValueError(f"too little data: {len(train)} training and {len(val)} validation "
+                         f"prompts from {desc}")
+    return train, val, test, desc
+
+
+def load_served_data(config, tokenizer):
+    """Every prompt of config.data (the served model's lengths), unsplit. -> (dataset,
+    description)."""
     d = config.data
     specs = [s for s in d.sources if glob.glob(s.partition(":")[2])]
     if d.trace_log:
@@ -48,11 +60,7 @@ def build_datasets(config, tokenizer):
                                                          seed=d.split_seed))
         ds = data_lib.from_trace_log(path)
         desc = f"synthetic trace log {path} ({d.synthetic_num_requests} requests)"
-    train, val, test = data_lib.split_by_prompt(ds, tuple(d.split), seed=d.split_seed)
-    if len(train) < 2 or len(val) < 1:
-        raise ValueError(f"too little data: {len(train)} training and {len(val)} validation "
-                         f"prompts from {desc}")
-    return train, val, test, desc
+    return ds, desc
 
 
 def _norm(text: str) -> str:
@@ -152,8 +160,16 @@ def train_ensemble(train_ds, val_ds, fspec: feat.FeatureSpec, mspec: model_lib.M
 
     aux: extra datasets whose lengths come from other responders (task 1, 2, ...: own
     mean/std heads, weight `tc.aux_weight`); they train the shared features only, and
-    validation, early stopping and the served head are task 0's."""
+    validation, early stopping and the served head are task 0's.
+    val_ds None (training on train + validation): no validation metrics, every epoch runs
+    and the last epoch's params are kept (needs tc.keep == "last")."""
     t_start = time.perf_counter()
+    keep = tc.get("keep", "best")
+    if keep not in ("best", "last"):
+        raise ValueError(f"train.keep must be 'best' or 'last', got {keep!r}")
+    if val_ds is None and keep != "last":
+        raise ValueError("train.keep='best' picks epochs on validation, so it needs a "
+                         "validation split; with data.train_on_val use train.keep='last'")
     if mspec.num_tasks != 1 + len(aux):
         raise ValueError(f"model num_tasks={mspec.num_tasks} but {len(aux)} auxiliary "
                          "datasets (+1 for the served lengths)")
@@ -162,7 +178,7 @@ def train_ensemble(train_ds, val_ds, fspec: feat.FeatureSpec, mspec: model_lib.M
     task = np.concatenate([np.full(len(d), t, np.int32)
                            for t, d in enumerate([train_ds, *aux])])
     tr = _Encoded(data_lib.concat([train_ds, *aux]), fspec, y_mean, y_std, edges, task)
-    va = _Encoded(val_ds, fspec, y_mean, y_std, edges)
+    va = _Encoded(val_ds, fspec, y_mean, y_std, edges) if val_ds is not None else None
     k = tc.ensemble_size
     rng = np.random.default_rng(tc.seed)
     boot = (rng.poisson(1.0, size=(k, tr.n)) if tc.bootstrap else np.ones((k, tr.n))
@@ -202,7 +218,7 @@ def train_ensemble(train_ds, val_ds, fspec: feat.FeatureSpec, mspec: model_lib.M
         raise ValueError(f"train.early_stop_metric must be 'nll', 'log_mae' or "
                          f"'ensemble_log_mae', got {tc.early_stop_metric!r}")
 
-    vb = va.batch(range(va.n), va.n)
+    vb = va.batch(range(va.n), va.n) if va is not None else None
     best = jax.tree_util.tree_map(lambda x: x, params)
     best_val = np.full(k, np.inf)
     best_epoch = np.zeros(k, int)
@@ -219,11 +235,18 @@ def train_ensemble(train_ds, val_ds, fspec: feat.FeatureSpec, mspec: model_lib.M
             params, opt_state, per_member = train_step(params, opt_state, batch, y, mask,
                                                        bucket, btask, boot_w, dkey)
             losses.append(np.asarray(per_member))
-        v_nll, v_mae, v_ens = (np.asarray(x) for x in val_metrics(params, *vb[:3]))
+        if vb is not None:
+            v_nll, v_mae, v_ens = (np.asarray(x) for x in val_metrics(params, *vb[:3]))
+        else:
+            v_nll, v_mae, v_ens = np.full(k, np.nan), np.full(k, np.nan), np.nan
         # ensemble_log_mae: one epoch for all members, chosen on the ensemble's error (one
         # choice made on validation, not K, so validation stays closer to unseen data)
         v = {"nll": v_nll, "log_mae": v_mae,
              "ensemble_log_mae": np.full(k, v_ens)}[tc.early_stop_metric]
+        if keep == "last":
+            # the epoch count was fixed beforehand (on a run with validation): every epoch
+            # runs and the final params are kept, so no choice is made on the data trained on
+            v = np.full(k, -float(epoch))
         improved = v < best_val - 1e-4
         if improved.any():
             sel = jnp.asarray(improved)
@@ -242,11 +265,12 @@ def train_ensemble(train_ds, val_ds, fspec: feat.FeatureSpec, mspec: model_lib.M
                      "(%.1fs)", epoch, tl, np.array2string(v_nll, precision=3),
                      np.array2string(v_mae, precision=3), tc.early_stop_metric, best_val.mean(),
                      time.perf_counter() - t_start)
-        if since_improved >= tc.patience:
+        if keep == "best" and since_improved >= tc.patience:
             logging.info("early stop: no member improved for %d epochs", tc.patience)
             break
     info = {"y_mean": y_mean, "y_std": y_std, "history": history, "best_epoch": best_epoch.tolist(),
-                "best_val": best_val.tolist(), "epochs_run": len(history),
+                "best_val": best_val.tolist() if keep == "best" else None,
+                "epochs_run": len(history),
                 "train_seconds": time.perf_counter() - t_start,
             # which served-task training prompts each member never saw (its bootstrap drew
             # them 0 times): held-out data for calibrating the interval
@@ -279,6 +303,38 @@ def save_checkpoint(path: str, params, meta: dict) -> None:
                                             meta=ocp.args.JsonSave(meta)), force=True)
 
 
+def fit_predictor(config, train, val, test, tokenizer, desc: str = ""):
+    """Train the ensemble of `config` on train (+ val with data.train_on_val; else val picks
+    the epochs), auxiliary data minus any val/test prompt, and calibrate its interval.
+    -> (LengthPredictor, params, meta, info, aux descriptions)."""
+    aux, aux_desc = build_aux_datasets(config, tokenizer, [val, test])
+    for line in aux_desc:
+        logging.info("auxiliary data: %s", line)
+    fspec, mspec = feature_spec(config), model_spec(config, num_tasks=1 + len(aux))
+    on_val = bool(config.data.get("train_on_val", False))
+    fit = data_lib.concat([train, val]) if on_val else train
+    if on_val:
+        logging.info("training on train + validation (%d prompts), %d epochs, last kept",
+                     len(fit), config.train.num_epochs)
+    params, info = train_ensemble(fit, None if on_val else val, fspec, mspec, config.train,
+                                  tuple(config.bucket_edges), aux)
+    meta = {"format": FORMAT, "feature_spec": fspec.to_dict(), "model_spec": mspec.to_dict(),
+                "ensemble_size": config.train.ensemble_size, "y_mean": info["y_mean"],
+                "y_std": info["y_std"], "bucket_edges": list(config.bucket_edges),
+                "interval": float(config.interval), "interval_scale": 1.0,
+                "config": json.loads(config.to_json()), "data": desc}
+    predictor = LengthPredictor(params, meta, tokenizer=tokenizer)
+    if config.calibrate_interval:
+        oob = (fit, info["out_of_bag"]) if (config.calibrate_out_of_bag and
+                                            info["out_of_bag"] is not None) else None
+        if on_val and oob is None:
+            raise ValueError("data.train_on_val leaves no held-out data to calibrate the "
+                             "interval on but the out-of-bag prompts: set "
+                             "calibrate_out_of_bag=True (and train.bootstrap=True)")
+        meta["interval_scale"] = predictor.calibrate(None if on_val else val, oob)
+    return predictor, params, meta, info, aux_desc
+
+
 def train_and_evaluate(config, workdir: str) -> dict:
     """Train on config.data, calibrate the interval on validation, score the held-out test
     split, write workdir/checkpoint (Orbax) and workdir/metrics.json. -> the metrics."""
@@ -289,22 +345,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
     logging.info("data: %s -> %d/%d/%d prompts (train/val/test), %d/%d/%d samples", desc,
                  len(train), len(val), len(test), train.num_samples, val.num_samples,
                  test.num_samples)
-    aux, aux_desc = build_aux_datasets(config, tokenizer, [val, test])
-    for line in aux_desc:
-        logging.info("auxiliary data: %s", line)
-    fspec, mspec = feature_spec(config), model_spec(config, num_tasks=1 + len(aux))
-    params, info = train_ensemble(train, val, fspec, mspec, config.train,
-                                  tuple(config.bucket_edges), aux)
-    meta = {"format": FORMAT, "feature_spec": fspec.to_dict(), "model_spec": mspec.to_dict(),
-                "ensemble_size": config.train.ensemble_size, "y_mean": info["y_mean"],
-                "y_std": info["y_std"], "bucket_edges": list(config.bucket_edges),
-                "interval": float(config.interval), "interval_scale": 1.0,
-                "config": json.loads(config.to_json()), "data": desc}
-    predictor = LengthPredictor(params, meta, tokenizer=tokenizer)
-    if config.calibrate_interval:
-        oob = (train, info["out_of_bag"]) if config.calibrate_out_of_bag else None
-        meta["interval_scale"] = predictor.calibrate(val, oob)
+    predictor, params, meta, info, aux_desc = fit_predictor(config, train, val, test,
+                                                            tokenizer, desc)
     metrics = {"data": desc, "aux_data": aux_desc,
+               "trained_on_val": bool(config.data.get("train_on_val", False)),
                "num_prompts": {"train": len(train), "val": len(val), "test": len(test)},
                    "num_params": model_lib.num_params(params),
                    "train_seconds": info["train_seconds"], "epochs_run": info["epochs_run"],
