@@ -172,7 +172,11 @@ def query_tiles(query_start_loc, seq_lens, num_seqs, *, block_q, min_q_len, max_
     cum = jnp.cumsum(per_seq)
     first = cum - per_seq
     j = jnp.arange(num_tiles, dtype=jnp.int32)
-    seq = jnp.minimum(jnp.searchsorted(cum, j, side="right"), num_slots - 1).astype(jnp.int32)
+    # compare_all: one [num_tiles, num_slots] comparison. The default binary search is a
+    # while loop, which on a GPU runs as a loop of tiny launches, each iteration's predicate
+    # read back by the host: that glue, not the kernel, can dominate a ~100 us call.
+    seq = jnp.searchsorted(cum, j, side="right", method="compare_all")
+    seq = jnp.minimum(seq, num_slots - 1).astype(jnp.int32)
     local = j - first[seq]
     valid = j < cum[-1]
     row_start = query_start_loc[seq] + local * block_q

@@ -101,6 +101,16 @@ def test_every_ragged_sweep_config_lowers(cfg):
     _assert_triton(text, 1 if cfg.get("fused") else 2)   # fused: both tile classes, 1 launch
 
 
+@pytest.mark.parametrize("fused", [False, True])
+def test_ragged_glue_has_no_while_loop(fused):
+    """The XLA ops around the ragged kernels hold no while loop: on a GPU each iteration of
+    one is a launch plus a host read of its predicate (a binary-search searchsorted made
+    two such loops, and the pure-decode batch cost 3.8x the decode kernel on the H200)."""
+    fn = functools.partial(ragged_paged_attention, fused=fused)
+    text = _compat.lower_for_cuda(fn, *_ragged_specs(640, 64, 32, 8, 128, 16, 128, 8192))
+    assert "stablehlo.while" not in text
+
+
 @pytest.mark.parametrize("fn,specs", [
     (paged_decode_attention, _decode_specs(4, 32, 8, 80, 16, 8, 64)),
     (ragged_paged_attention, _ragged_specs(16, 4, 32, 8, 80, 16, 8, 64)),
