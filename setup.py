@@ -26,6 +26,8 @@ setup(
         "serve": ["fastapi", "uvicorn", "prometheus_client", "httpx", "jinja2"],
         # Real replicas as Ray actors (llmserve.cluster.ray_backend).
         "cluster": ["ray"],
+        # Compile the kernels' Triton IR for sm_90 on a CPU (scripts/kernel_ir.py); large.
+        "kernel-ir": ["triton>=3.5"],
         "dev": [
             "pytest", "hypothesis", "ruff",
             "fastapi", "uvicorn", "prometheus_client", "httpx", "jinja2", "openai",

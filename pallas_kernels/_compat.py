@@ -109,3 +109,34 @@ def lower_for_cuda(fn, *args, **kwargs) -> str:
     with cuda_lowering_context():
         lowered = jax.jit(fn).trace(*args, **kwargs).lower(lowering_platforms=("cuda",))
     return lowered.as_text()
+
+
+@contextlib.contextmanager
+def capture_triton_modules():
+    """Collects the Triton-dialect MLIR text of every Triton pallas_call lowered inside.
+
+    Hooks a private JAX function (jax._src.pallas.triton.lowering.
+    lower_jaxpr_to_triton_module, present in jax 0.11-0.12), so it lives here with the
+    other version-sensitive code; RuntimeError if a JAX upgrade moved it. Yields the list
+    the module texts are appended to.
+    """
+    try:
+        from jax._src.pallas.triton import pallas_call_registration as registration
+    except ImportError as e:  # pragma: no cover - only on a JAX that moved it
+        raise RuntimeError(f"jax {jax.__version__}: no Pallas Triton registration") from e
+    lowering = getattr(registration, "lowering", None)
+    original = getattr(lowering, "lower_jaxpr_to_triton_module", None)
+    if original is None:  # pragma: no cover
+        raise RuntimeError(f"jax {jax.__version__}: lower_jaxpr_to_triton_module moved")
+    modules: list[str] = []
+
+    def hooked(*args, **kwargs):
+        result = original(*args, **kwargs)
+        modules.append(result.module.operation.get_asm(enable_debug_info=False))
+        return result
+
+    lowering.lower_jaxpr_to_triton_module = hooked
+    try:
+        yield modules
+    finally:
+        lowering.lower_jaxpr_to_triton_module = original

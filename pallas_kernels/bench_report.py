@@ -99,6 +99,8 @@ def summarize(out_dir: str, extra: dict | None = None) -> tuple[dict, str]:
                        "%roofline"],
                       rows))
     for i in r.get("items", []):
+        if "glue_us" in i:
+            out.append(f"  {i['case']}: {i['glue_us']:.1f} us")
         if "ragged_over_decode" in i:
             out.append(f"  {i['case']}: decode {i['decode_us']:.1f} us, ragged "
                        f"{i['ragged_us']:.1f} us (x{i['ragged_over_decode']:.2f})")

@@ -32,8 +32,10 @@ from pallas_kernels.paged_attention import (
     paged_decode_attention_reference,
 )
 from pallas_kernels.ragged_paged_attention import (
+    query_tiles,
     ragged_paged_attention,
     ragged_paged_attention_reference,
+    tile_plan,
 )
 
 MODELS = {
@@ -424,6 +426,19 @@ def _ragged_problem(profile):
     return [512] + [1] * 63, [2048] * 64, 640, 64, "llama3-8b"
 
 
+def ragged_glue(q, k_pages, v_pages, block_tables, seq_lens, query_start_loc, num_seqs, *,
+                block_q_rows):
+    """What `ragged_paged_attention` computes in XLA besides its kernels (timed alone)."""
+    num_tokens, num_heads, _ = q.shape
+    num_kv_heads, _, page_size, _ = k_pages.shape
+    lens = jnp.clip(seq_lens, 0, block_tables.shape[1] * page_size)
+    metas = [query_tiles(query_start_loc, lens, num_seqs, block_q=bq, min_q_len=lo,
+                         max_q_len=hi, num_tiles=n)
+             for bq, lo, hi, n in tile_plan(num_tokens, block_tables.shape[0],
+                                            num_heads // num_kv_heads, block_q_rows)]
+    return metas, jnp.zeros_like(q)
+
+
 def stage_ragged(rec: Recorder, profile: str, interpret: bool, ref_mem_limit: float):
     """The mixed batch vs its roofline and the XLA reference; pure decode vs decode kernel."""
     bw = copy_bandwidth(2**31 if profile != "smoke" else 2**22)
@@ -461,6 +476,14 @@ def stage_ragged(rec: Recorder, profile: str, interpret: bool, ref_mem_limit: fl
             rec.add(item)
         except Exception as e:
             rec.error(name, e)
+    if args is not None and rec.can_start("ragged glue", 3.0):
+        try:  # the XLA ops around the kernels alone: the tile lists and the output buffer
+            glue = jax.jit(lambda *a: ragged_glue(*a, block_q_rows=64))
+            tg = time_fn(glue, args)
+            rec.add({"case": "ragged glue (tile lists + zeroed output, no kernel)",
+                     "glue_us": tg["median_s"] * 1e6})
+        except Exception as e:
+            rec.error("ragged glue", e)
     del args
     # Routing question: the same decode tokens through both kernels.
     n_dec = len(q_lens)
