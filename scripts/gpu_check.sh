@@ -18,9 +18,10 @@
 #   confirm           the best two decode / ragged configs + defaults, target shapes ~20 s
 #   summary           results.json + tables (also in summary.txt)                  ~1 s
 #   engine            scripts/engine_gpu_bench.py, if it exists (timeout 150)
-#   ncu               if ncu exists and >= 60 s are left: Nsight Compute's speed-of-light,
-#                     occupancy, warp-state and memory sections of the 3rd decode (B=64,
-#                     2k) launch and the ragged launches after it, into ncu.txt    ~40 s
+#   ncu               if ncu exists, per kernel while >= 50 s are left: Nsight Compute's
+#                     speed-of-light, occupancy, warp-state and memory sections of the
+#                     3rd decode (B=64, 2k) launch, then of each ragged tile class's,
+#                     each into ncu_<kernel>.txt                                  ~35 s each
 # Kernel stages stop by KERNEL_BUDGET_S (default 300 s after start); the whole script by
 # TOTAL_BUDGET_S (default 420 s). CPU dry run of every path (tiny shapes, interpret mode):
 #   KERNEL_BENCH_ARGS="--profile=smoke --interpret" TOTAL_BUDGET_S=0 bash scripts/gpu_check.sh
@@ -116,17 +117,21 @@ fi
 left=$(( TOTAL_BUDGET_S - $(elapsed) ))
 NCU="$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu \
   2> /dev/null | head -n 1)"
-if [[ -n "$NCU" ]] && (( left >= 60 )); then
-  say "ncu $NCU (timeout $(( left - 5 ))s)"
+# One kernel per ncu process, each under its own timeout: ncu prints its report only at
+# exit, and in run 3 one launch hung the single process and lost all three reports.
+for target in paged_decode ragged_paged_attention_bq4 ragged_paged_attention_bq16; do
+  left=$(( TOTAL_BUDGET_S - $(elapsed) ))
+  if [[ -z "$NCU" ]] || (( left < 50 )); then
+    say "ncu $target skipped (ncu: ${NCU:-none}, ${left}s left)"; continue
+  fi
+  t=$(( left - 5 < 75 ? left - 5 : 75 ))
+  say "ncu $target (timeout ${t}s)"
   # --clock-control none: measure the card as it is (never change its clocks)
-  timeout -k 5 $(( left - 5 )) "$NCU" --clock-control none --launch-skip 2 --launch-count 7 \
-    --kernel-name regex:'paged_decode|ragged_paged' --section SpeedOfLight \
-    --section Occupancy --section WarpStateStats --section LaunchStats \
-    --section MemoryWorkloadAnalysis \
+  timeout -k 5 "$t" "$NCU" --clock-control none --launch-skip 2 --launch-count 1 \
+    --kernel-name regex:"$target" --section SpeedOfLight --section Occupancy \
+    --section WarpStateStats --section LaunchStats --section MemoryWorkloadAnalysis \
     "$PY" scripts/kernel_bench.py --stage=profile --out_dir="$OUT_DIR/ncu_run" \
-    ${KERNEL_BENCH_ARGS:-} > "$OUT_DIR/ncu.txt" 2>&1
-  say "ncu rc=$? ($(wc -l < "$OUT_DIR/ncu.txt") lines in ncu.txt)"
-else
-  say "ncu skipped (not installed, or ${left}s left)"
-fi
+    ${KERNEL_BENCH_ARGS:-} > "$OUT_DIR/ncu_$target.txt" 2>&1
+  say "ncu $target rc=$? ($(wc -l < "$OUT_DIR/ncu_$target.txt") lines)"
+done
 say "done in $(elapsed)s; results in $OUT_DIR (results.json, summary.txt, gpu_check.log)"
