@@ -161,13 +161,23 @@ def query_tiles(query_start_loc, seq_lens, num_seqs, *, block_q, min_q_len, max_
     """Static-size tile list [4, num_tiles] int32 for sequences with min <= q_len <= max.
 
     Rows: sequence id, first query row, number of rows (0 = unused entry), absolute
-    position of the first row. A sequence with q_len rows gets cdiv(q_len, block_q) tiles.
+    position of the first row. A sequence with q_len rows gets cdiv(q_len, block_q) tiles,
+    in sequence order (or, when each sequence has at most one, at the sequence's index).
     """
     num_slots = seq_lens.shape[0]
     q_lens = query_start_loc[1:num_slots + 1] - query_start_loc[:num_slots]
     real = jnp.arange(num_slots, dtype=jnp.int32) < num_seqs
     in_class = real & (q_lens >= min_q_len) & (q_lens <= max_q_len)
     q_lens = jnp.where(in_class, q_lens, 0)
+    if max_q_len <= block_q and num_tiles == num_slots:
+        # One tile per sequence at most: tile j is sequence j, no search (the decode-token
+        # class, where this glue is elementwise work XLA fuses into one kernel).
+        return jnp.stack([
+            jnp.arange(num_slots, dtype=jnp.int32),
+            query_start_loc[:num_slots],
+            q_lens,
+            jnp.where(in_class, seq_lens - q_lens, -1),
+        ]).astype(jnp.int32)
     per_seq = (q_lens + block_q - 1) // block_q
     cum = jnp.cumsum(per_seq)
     first = cum - per_seq

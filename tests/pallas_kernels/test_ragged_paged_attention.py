@@ -130,11 +130,15 @@ def test_zero_sequences():
     assert np.all(np.asarray(out) == 0.0)
 
 
-def test_query_tiles_cover_every_row_once():
+@pytest.mark.parametrize("num_tokens", [47, 8])   # 8 < 9 slots: the decode class searches
+def test_query_tiles_cover_every_row_once(num_tokens):
     qsl = jnp.asarray([0, 1, 21, 21, 37, 38, 42, 47, 47, 47], jnp.int32)
     lens = jnp.asarray([1, 40, 0, 16, 17, 32, 9, 0, 0], jnp.int32)
-    covered = np.zeros(47, np.int32)
-    for block_q, lo, hi, n in rpa_mod.tile_plan(47, 9, 4, 64):
+    if num_tokens == 8:   # 1-token sequences only, and empty ones
+        qsl = jnp.asarray([0, 1, 2, 2, 3, 4, 5, 6, 6, 6], jnp.int32)
+        lens = jnp.asarray([1, 40, 0, 16, 17, 32, 9, 0, 0], jnp.int32)
+    covered = np.zeros(int(qsl[7]), np.int32)
+    for block_q, lo, hi, n in rpa_mod.tile_plan(num_tokens, 9, 4, 64):
         meta = np.asarray(rpa_mod.query_tiles(qsl, lens, jnp.int32(7), block_q=block_q,
                                               min_q_len=lo, max_q_len=hi, num_tiles=n))
         for seq, start, nrows, pos0 in meta.T:
