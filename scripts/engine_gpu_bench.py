@@ -1,7 +1,8 @@
 """Engine decode throughput on a GPU: `pallas` vs `reference` attention, and bandwidth use.
 
 Runs the real JaxRunner step (host batch building, jitted forward + sampling, one transfer)
-on decode batches of `--batch` sequences at `--context` tokens, for the `tiny` and
+on decode batches of `--batch` sequences at `--context` tokens, and on mixed steps (one
+`--chunk`-token prefill chunk + batch - 1 decodes, the ragged kernel's path), for the `tiny` and
 Llama-3-8B-shaped dummy models. Model bandwidth utilisation (MBU) = (weight bytes + KV bytes
 read) per step / step time, against a copy bandwidth measured in the same run. Also checks
 that both attention paths give the same greedy tokens through LLM.generate on `tiny`.
@@ -32,6 +33,8 @@ _BATCH = flags.DEFINE_integer("batch", 64, "decode batch size")
 _CONTEXT = flags.DEFINE_integer("context", 1024, "context length of every sequence")
 _STEPS = flags.DEFINE_integer("steps", 20, "timed decode steps")
 _IMPLS = flags.DEFINE_list("impls", ["reference", "pallas"], "attention implementations")
+_CHUNK = flags.DEFINE_integer("chunk", 512, "mixed steps: one prefill chunk of this many "
+                              "tokens (ending at --context) with batch - 1 decodes; 0: none")
 
 
 def decode_output(batch, context, block_size, step):
@@ -44,7 +47,27 @@ def decode_output(batch, context, block_size, step):
     return SchedulerOutput(step, scheduled, batch)
 
 
-def bench_model(name, impls, batch, context, steps, bw):
+def mixed_output(batch, context, block_size, step, chunk):
+    """Sequence 0 prefills its last `chunk` prompt tokens; the others decode (ragged path)."""
+    out = decode_output(batch, context, block_size, step)
+    first = out.scheduled[0]
+    first.token_ids = [(7 * k) % 200 + 1 for k in range(chunk)]
+    first.start_pos = context - chunk
+    out.num_scheduled_tokens = batch - 1 + chunk
+    return out
+
+
+def time_steps(runner, make, steps):
+    """Compile + one warm-up step, then the median of `steps` measured step times."""
+    t = time.perf_counter()
+    runner.execute(make(0))
+    compile_s = time.perf_counter() - t
+    runner.execute(make(1))
+    times = [runner.execute(make(s + 2)).step_time_s for s in range(steps)]
+    return float(np.median(times)), compile_s
+
+
+def bench_model(name, impls, batch, context, steps, bw, chunk):
     cfg = get_preset(name)
     if name == "tiny":
         cfg = cfg.replace(dtype="bfloat16")
@@ -65,20 +88,23 @@ def bench_model(name, impls, batch, context, steps, bw):
             runner = JaxRunner(params, cfg, num_kv_blocks=batch * per_seq, block_size=block_size,
                                max_num_seqs=batch, max_num_batched_tokens=batch,
                                max_model_len=context + block_size, attention_impl=impl)
-            t = time.perf_counter()
-            runner.execute(decode_output(batch, context, block_size, 0))
-            row["compile_s"] = time.perf_counter() - t
-            runner.execute(decode_output(batch, context, block_size, 1))
-            times = []
-            for s in range(steps):
-                out = runner.execute(decode_output(batch, context, block_size, s + 2))
-                times.append(out.step_time_s)
-            st = float(np.median(times))
+            st, row["compile_s"] = time_steps(
+                runner, lambda s: decode_output(batch, context, block_size, s), steps)
             prep = runner.stats.prepare_s / runner.stats.num_steps
             row.update(step_ms=st * 1e3, tokens_per_s=batch / st, host_prepare_ms=prep * 1e3,
                        weight_gb=weight_bytes / 1e9, kv_gb=kv_bytes / 1e9,
                        mbu=(weight_bytes + kv_bytes) / st / bw)
             del runner
+            if chunk > 0:  # a chunked-prefill step: the ragged kernel's path in the model
+                runner = JaxRunner(params, cfg, num_kv_blocks=batch * per_seq,
+                                   block_size=block_size, max_num_seqs=batch,
+                                   max_num_batched_tokens=batch + chunk,
+                                   max_model_len=context + block_size, attention_impl=impl)
+                mt, _ = time_steps(
+                    runner, lambda s: mixed_output(batch, context, block_size, s, chunk), steps)
+                row.update(mixed_chunk=chunk, mixed_step_ms=mt * 1e3,
+                           mixed_tokens_per_s=(batch - 1 + chunk) / mt)
+                del runner
         except Exception as e:  # keep the other rows
             logging.exception("%s %s failed", name, impl)
             row["error"] = f"{type(e).__name__}: {e}"[:2000]
@@ -121,7 +147,7 @@ def main(argv):
     res["rows"] = []
     for name in _MODELS.value:
         res["rows"] += bench_model(name, _IMPLS.value, _BATCH.value, _CONTEXT.value,
-                                   _STEPS.value, res["copy_bandwidth_gbs"] * 1e9)
+                                   _STEPS.value, res["copy_bandwidth_gbs"] * 1e9, _CHUNK.value)
         save()
     try:
         res["greedy_agreement"] = greedy_agreement(_IMPLS.value)
@@ -132,13 +158,15 @@ def main(argv):
     print(f"\n{res['device']}, jax {res['jax']}, copy bandwidth "
           f"{res['copy_bandwidth_gbs']:.0f} GB/s; greedy agreement: {res['greedy_agreement']}")
     print(f"{'model':>10} {'impl':>10} {'step ms':>9} {'tok/s':>9} {'host ms':>8} {'MBU':>6} "
-          f"{'compile s':>9}")
+          f"{'compile s':>9} {'mixed ms':>9} {'mixed tok/s':>11}")
     for r in res["rows"]:
         if "error" in r:
             print(f"{r['model']:>10} {r['impl']:>10}  ERROR {r['error'][:100]}")
             continue
         print(f"{r['model']:>10} {r['impl']:>10} {r['step_ms']:9.2f} {r['tokens_per_s']:9.0f} "
-              f"{r['host_prepare_ms']:8.2f} {r['mbu']:6.1%} {r['compile_s']:9.1f}")
+              f"{r['host_prepare_ms']:8.2f} {r['mbu']:6.1%} {r['compile_s']:9.1f} "
+              f"{r.get('mixed_step_ms', float('nan')):9.2f} "
+              f"{r.get('mixed_tokens_per_s', float('nan')):11.0f}")
     print(f"wrote {FLAGS.value}")
 
 

@@ -23,7 +23,7 @@
 #                     3rd decode (B=64, 2k) launch, then of each ragged tile class's,
 #                     each into ncu_<kernel>.txt                                  ~35 s each
 # Kernel stages stop by KERNEL_BUDGET_S (default 300 s after start); the whole script by
-# TOTAL_BUDGET_S (default 420 s). CPU dry run of every path (tiny shapes, interpret mode):
+# TOTAL_BUDGET_S (default 480 s). CPU dry run of every path (tiny shapes, interpret mode):
 #   KERNEL_BENCH_ARGS="--profile=smoke --interpret" TOTAL_BUDGET_S=0 bash scripts/gpu_check.sh
 set -u
 
@@ -35,7 +35,7 @@ mkdir -p "$OUT_DIR"
 LOG="$OUT_DIR/gpu_check.log"
 PY="${PYTHON:-$(command -v python3 || command -v python)}"
 KERNEL_BUDGET_S="${KERNEL_BUDGET_S:-300}"
-TOTAL_BUDGET_S="${TOTAL_BUDGET_S:-420}"
+TOTAL_BUDGET_S="${TOTAL_BUDGET_S:-480}"
 START=$(date +%s)
 
 export XLA_PYTHON_CLIENT_MEM_FRACTION="${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.9}"
