@@ -15,12 +15,29 @@ Driver side (`RayRouter`): validates a request exactly as LLMEngine does (same f
 the router policy (llmserve.cluster.router) for a replica among the alive ones, sends it,
 and a pump thread turns the replicas' deltas into cumulative RequestOutputs for the request's
 listener. When a replica's poll fails (the actor died: killed, crashed, node lost), it is
-marked dead for good and every request it held is sent again, from its prompt, to a replica
+taken out of routing and every request it held is sent again, from its prompt, to a replica
 the policy chooses: recomputed from scratch, nothing lost. Tokens already streamed are not
 streamed twice: a re-routed request's snapshots resume only once the new replica has caught
 up. That the recomputed tokens equal the lost ones needs deterministic sampling: greedy is,
 and a request without a seed gets one derived from its id here (an engine would otherwise
 draw it from its own request counter, which differs between replicas).
+
+A dead replica is then replaced, up to `max_restarts` times per replica: after a backoff
+(`restart_backoff_s`, doubling with each restart of that replica) the router starts a fresh
+ReplicaServer actor with the same EngineConfig and replica id, and puts it back into routing
+once its ready() answers (model loaded, warm-up compiled if the config asks for it). Past
+`max_restarts` the replica stays dead. Requests that find no replica alive while one is
+restarting wait in the driver for it instead of failing.
+
+Why the router starts the new actor instead of Ray's own `max_restarts` actor option: the
+router must notice the death anyway (to resend the requests), and doing the restart itself
+keeps one code path for every way an actor goes: Ray restarts nothing after
+`ray.kill(no_restart=True)`, gives no backoff between restarts, and the driver could not tell
+"restarting" from "dead for good" without the state API (which needs the dashboard this
+runs without). A Ray-restarted actor would also keep its handle, so a late reply of the old
+incarnation could not be told from the new one's; here each incarnation is its own handle,
+and the old one is killed for sure (an actor Ray merely reports unavailable might otherwise
+come back holding requests that were already resent).
 
 `RayRouterClient` is the server's EngineClient (llmserve/server/async_engine.py) over a
 RayRouter, so the OpenAI server can front N replicas instead of one engine.
@@ -67,7 +84,7 @@ class ReplicaServer:
         self._thread.start()
 
     def ready(self) -> dict:
-        return {"pid": os.getpid(), **self._stats}
+        return self._stats
 
     def add(self, request_id: str, prompt_ids: list[int], sp: SamplingParams) -> None:
         self._cmds.append(("add", request_id, prompt_ids, sp))
@@ -170,7 +187,8 @@ class ReplicaServer:
         sched = self.engine.scheduler
         bm = sched.block_manager
         st = sched.stats
-        return {"replica_id": self.replica_id, "num_running": sched.num_running,
+        return {"replica_id": self.replica_id, "pid": os.getpid(),
+                "num_running": sched.num_running,
                 "num_waiting": sched.num_waiting, "kv_blocks_total": bm.num_blocks,
                 "kv_blocks_used": bm.num_used_blocks, "kv_blocks_free": bm.num_free_blocks,
                 "kv_blocks_cached": bm.num_cached_free_blocks,
@@ -203,15 +221,24 @@ class RayRouter:
     def __init__(self, engine_config: EngineConfig, num_replicas: int,
                  policy: str = "least_tokens", policy_kwargs: dict | None = None, *,
                  num_gpus_per_replica: float = 0.0, num_cpus_per_replica: float = 1.0,
-                 poll_wait_s: float = 0.05):
+                 poll_wait_s: float = 0.05, max_restarts: int = 3,
+                 restart_backoff_s: float = 1.0):
         """num_gpus_per_replica: 1 in production (Ray pins each actor to its own GPU); 0 on a
-        CPU machine. The policy is any llmserve.cluster.router policy name."""
+        CPU machine. The policy is any llmserve.cluster.router policy name. max_restarts: how
+        many times a dead replica is replaced (0: never); restart_backoff_s: wait before the
+        first replacement of a replica, doubled for each later one (a replica that crashes at
+        once must not spin)."""
         from llmserve.cluster.router import make_policy
         if isinstance(num_replicas, bool) or not isinstance(num_replicas, int) \
                 or num_replicas < 1:
             raise ValueError(f"num_replicas must be an int >= 1, got {num_replicas!r}")
         if num_gpus_per_replica < 0 or num_cpus_per_replica < 0:
             raise ValueError("num_gpus_per_replica and num_cpus_per_replica must be >= 0")
+        if isinstance(max_restarts, bool) or not isinstance(max_restarts, int) \
+                or max_restarts < 0:
+            raise ValueError(f"max_restarts must be an int >= 0, got {max_restarts!r}")
+        if not restart_backoff_s >= 0:
+            raise ValueError(f"restart_backoff_s must be >= 0, got {restart_backoff_s!r}")
         self.config = engine_config
         self.num_replicas = num_replicas
         kw = dict(policy_kwargs or {})
@@ -222,8 +249,20 @@ class RayRouter:
         self._validator = _Validator(engine_config, self.model_config, self.tokenizer)
         self._resources = dict(num_gpus=num_gpus_per_replica, num_cpus=num_cpus_per_replica)
         self.poll_wait_s = poll_wait_s
+        self.max_restarts = max_restarts
+        self.restart_backoff_s = restart_backoff_s
         self.actors: list = []
-        self.alive: list[bool] = []
+        self.alive: list[bool] = []          # takes requests (status "alive")
+        self.status: list[str] = []          # per replica: "alive", "restarting" or "dead"
+        self.restarts: list[int] = []        # replacement actors started, per replica
+        # One dict per replacement that answered ready(): replica, restart (1, 2, ...),
+        # down_s (death noticed -> new actor ready, backoff included).
+        self.restart_log: list[dict] = []
+        self._actor_cls = None
+        self._starting: list = []            # replacement actor not yet ready, or None
+        self._restart_at: list[float] = []   # when to start the next replacement
+        self._died_at: list[float] = []
+        self._parked: collections.deque = collections.deque()   # ids waiting for a replica
         self.replica_stats: list[dict] = []
         self._lock = threading.RLock()
         self._flights: dict[str, _Flight] = {}
@@ -245,27 +284,33 @@ class RayRouter:
         if not ray.is_initialized():
             ray.init(include_dashboard=False)
         actor_cls = ray.remote(ReplicaServer).options(max_concurrency=4, **self._resources)
+        self._actor_cls = actor_cls
         self.actors = [actor_cls.remote(self.config, i) for i in range(self.num_replicas)]
         self.replica_stats = ray.get([a.ready.remote() for a in self.actors])
-        self.alive = [True] * self.num_replicas
+        n = self.num_replicas
+        self.alive = [True] * n
+        self.status = ["alive"] * n
+        self.restarts = [0] * n
+        self._starting = [None] * n
+        self._restart_at = [0.0] * n
+        self._died_at = [0.0] * n
         self._by_replica = [set() for _ in range(self.num_replicas)]
         self.finished_per_replica = [0] * self.num_replicas
         self._pump = threading.Thread(target=self._pump_loop, name="ray-router", daemon=True)
         self._pump.start()
 
     def shutdown(self) -> None:
-        import ray
         self._stopping = True
         if self._pump is not None:
             self._pump.join(5.0)
         with self._lock:
             flights = list(self._flights.values())
             self._flights.clear()
+            self._parked.clear()
         for f in flights:
             _notify(f.listener, RuntimeError("the router shut down"))
-        for a, ok in zip(self.actors, self.alive):
-            if ok:
-                ray.kill(a)
+        for a in list(self.actors) + [a for a in self._starting if a is not None]:
+            _kill(a)
 
     # ---- requests -------------------------------------------------------------------------
     def validate(self, prompt, sp: SamplingParams) -> list[int]:
@@ -298,6 +343,9 @@ class RayRouter:
         with self._lock:
             f = self._flights.pop(request_id, None)
             if f is None:
+                return
+            if f.replica < 0:            # parked: no replica holds it
+                self._parked.remove(request_id)
                 return
             self._by_replica[f.replica].discard(request_id)
             self.policy.on_finish(request_id, f.replica)
@@ -357,11 +405,12 @@ class RayRouter:
                 free_kv_blocks=st.get("kv_blocks_free", 0),
                 total_kv_blocks=max(1, st.get("kv_blocks_total", 1)),
                 predicted_work=float(remaining_out), alive=self.alive[i],
-                prefill_tokens=prefill))
+                prefill_tokens=prefill, restarts=self.restarts[i]))
         return states
 
     def stats(self) -> dict:
-        """Sums over the alive replicas (last poll) plus the router's own counters."""
+        """Sums over the alive replicas (last poll) plus the router's own counters, and per
+        replica its status ("alive", "restarting", "dead") and restarts so far."""
         with self._lock:
             out: dict = collections.Counter()
             for st, ok in zip(self.replica_stats, self.alive):
@@ -371,7 +420,8 @@ class RayRouter:
             out = dict(out)
             out.update(num_replicas=len(self.actors), num_replicas_alive=sum(self.alive),
                        num_in_flight=len(self._flights), num_rerouted=self.num_rerouted,
-                       num_failed=self.num_failed)
+                       num_failed=self.num_failed, num_restarts=sum(self.restarts),
+                       replica_status=list(self.status), replica_restarts=list(self.restarts))
             return out
 
     # ---- routing (caller holds the lock) --------------------------------------------------
@@ -381,6 +431,10 @@ class RayRouter:
         try:
             replica = self.policy.choose(req, self.replica_states())
         except ValueError as e:          # no alive replica
+            if "restarting" in self.status:      # one is coming back: wait for it
+                f.replica = -1
+                self._parked.append(f.request_id)
+                return
             del self._flights[f.request_id]
             self.num_failed += 1
             _notify(f.listener, RuntimeError(f"request {f.request_id} cannot run: {e}"))
@@ -396,10 +450,20 @@ class RayRouter:
             if not self.alive[replica]:
                 return
             self.alive[replica] = False
+            now = time.monotonic()
+            if self.restarts[replica] < self.max_restarts:
+                self.status[replica] = "restarting"
+                self._died_at[replica] = now
+                self._restart_at[replica] = now + self._backoff(replica)
+            else:
+                self.status[replica] = "dead"
             lost = sorted(self._by_replica[replica])
             self._by_replica[replica] = set()
-            log.warning("replica %d died (%s); re-routing its %d request(s)", replica,
-                        type(err).__name__, len(lost))
+            log.warning("replica %d died (%s); re-routing its %d request(s); %s", replica,
+                        type(err).__name__, len(lost),
+                        f"restart {self.restarts[replica] + 1} of {self.max_restarts} in "
+                        f"{self._restart_at[replica] - now:.1f} s"
+                        if self.status[replica] == "restarting" else "it stays dead")
             forget = getattr(self.policy, "forget_replica", None)
             if forget is not None:
                 forget(replica)
@@ -411,17 +475,74 @@ class RayRouter:
                 f.logprobs = None
                 self.num_rerouted += 1
                 self._dispatch(f)
+            old = self.actors[replica]
+        _kill(old)      # dead already, or only unreachable: then it must not come back
+
+    def _backoff(self, replica: int) -> float:
+        return self.restart_backoff_s * 2 ** self.restarts[replica]
+
+    def _start_replacements(self, pending: dict) -> None:
+        """Start the replacement actors whose backoff is over (pump thread)."""
+        now = time.monotonic()
+        for i in range(len(self.actors)):
+            if self.status[i] == "restarting" and self._starting[i] is None \
+                    and now >= self._restart_at[i]:
+                with self._lock:
+                    self.restarts[i] += 1
+                    actor = self._actor_cls.remote(self.config, i)
+                    self._starting[i] = actor
+                log.info("replica %d: starting replacement %d", i, self.restarts[i])
+                pending[actor.ready.remote()] = ("ready", i, actor)
+
+    def _replica_back(self, replica: int, actor, stats: dict) -> None:
+        with self._lock:
+            self._starting[replica] = None
+            self.actors[replica] = actor
+            self.replica_stats[replica] = stats
+            self.status[replica] = "alive"
+            self.alive[replica] = True
+            down = time.monotonic() - self._died_at[replica]
+            self.restart_log.append(dict(replica=replica, restart=self.restarts[replica],
+                                         down_s=down))
+            log.warning("replica %d is back (restart %d, down %.1f s); %d parked request(s)",
+                        replica, self.restarts[replica], down, len(self._parked))
+            parked, self._parked = list(self._parked), collections.deque()
+            for rid in parked:
+                f = self._flights.get(rid)
+                if f is not None:
+                    self._dispatch(f)
+
+    def _restart_failed(self, replica: int, actor, err: Exception) -> None:
+        """The replacement died before it was ready: try again, or give up on the replica."""
+        with self._lock:
+            self._starting[replica] = None
+            if self.restarts[replica] < self.max_restarts:
+                self._restart_at[replica] = time.monotonic() + self._backoff(replica)
+            else:
+                self.status[replica] = "dead"
+            log.warning("replica %d: replacement %d failed to start (%s); %s", replica,
+                        self.restarts[replica], err,
+                        "retrying" if self.status[replica] == "restarting" else "it stays dead")
+            if not any(s in ("alive", "restarting") for s in self.status):
+                for rid in list(self._parked):
+                    f = self._flights.pop(rid)
+                    self.num_failed += 1
+                    _notify(f.listener, RuntimeError(
+                        f"request {rid} cannot run: every replica is dead"))
+                self._parked.clear()
+        _kill(actor)
 
     # ---- the pump thread ------------------------------------------------------------------
     def _pump_loop(self) -> None:
         import ray
-        from ray.exceptions import RayActorError
-        pending: dict = {}               # poll ObjectRef -> replica
+        from ray.exceptions import RayError
+        pending: dict = {}   # ObjectRef -> ("poll" | "ready", replica, the actor it went to)
         polling: set[int] = set()
         while not self._stopping:
+            self._start_replacements(pending)
             for i, a in enumerate(self.actors):
                 if self.alive[i] and i not in polling:
-                    pending[a.poll.remote(self.poll_wait_s)] = i
+                    pending[a.poll.remote(self.poll_wait_s)] = ("poll", i, a)
                     polling.add(i)
             if not pending:
                 time.sleep(0.05)
@@ -430,14 +551,24 @@ class RayRouter:
             if ready:    # take whatever else is ready too, in one go
                 ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=0)
             for ref in ready:
-                i = pending.pop(ref)
+                kind, i, actor = pending.pop(ref)
+                if kind == "ready":
+                    try:
+                        stats = ray.get(ref)
+                    except RayError as e:     # died in its constructor, or unschedulable
+                        self._restart_failed(i, actor, e)
+                        continue
+                    self._replica_back(i, actor, stats)
+                    continue
                 polling.discard(i)
                 try:
                     deltas, stats = ray.get(ref)
-                except RayActorError as e:
-                    self._replica_died(i, e)
+                except RayError as e:   # died (killed, crashed, node lost) or unreachable
+                    if actor is self.actors[i]:
+                        self._replica_died(i, e)
                     continue
-                self._apply(i, deltas, stats)
+                if actor is self.actors[i]:
+                    self._apply(i, deltas, stats)
 
     def _apply(self, replica: int, deltas: list[dict], stats: dict) -> None:
         now = time.monotonic()
@@ -484,6 +615,14 @@ class RayRouter:
             metrics=RequestMetrics(f.arrival, None, f.first_token_time,
                                    now if finished else None, len(f.prompt_ids),
                                    len(f.tokens), d["num_preemptions"]))
+
+
+def _kill(actor) -> None:
+    import ray
+    try:
+        ray.kill(actor, no_restart=True)
+    except Exception:            # gone already
+        pass
 
 
 def _notify(listener, item) -> None:

@@ -38,6 +38,7 @@ class ReplicaState:
     predicted_work: float = 0.0     # predicted remaining output tokens
     alive: bool = True
     prefill_tokens: int = 0         # prompt tokens not yet prefilled (predicted_work adds them)
+    restarts: int = 0               # times this replica was replaced after dying (Ray backend)
 
 
 @dataclasses.dataclass

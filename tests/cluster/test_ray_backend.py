@@ -1,10 +1,12 @@
 """Ray replicas behind the driver's router, on a local Ray cluster with 2 tiny-model replicas:
 outputs equal the single engine's greedy result (the oracle, computed in this process), a
-replica killed mid-run loses nothing (its requests are recomputed elsewhere), and the OpenAI
-server fronting the router answers as LLM.generate does.
+replica killed mid-run loses nothing (its requests are recomputed elsewhere) and is replaced
+(then serves again), past max_restarts it stays dead, and the OpenAI server fronting the
+router answers as LLM.generate does.
 
-One module-scoped Ray cluster and router: starting them is most of this file's time. The kill
-test runs last, since it leaves one replica.
+One module-scoped Ray cluster and router (max_restarts=1): starting them is most of this
+file's time. The kill tests run last and in order: the first kill is restarted, the second
+leaves one replica.
 """
 import os
 import threading
@@ -39,7 +41,7 @@ def router():
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     ray.init(num_cpus=2, include_dashboard=False, logging_level="warning")
     r = RayRouter(EngineConfig(**ENGINE_KW), num_replicas=2, policy="round_robin",
-                  poll_wait_s=0.05)
+                  poll_wait_s=0.05, max_restarts=1, restart_backoff_s=0.1)
     r.start()
     yield r
     r.shutdown()
@@ -137,10 +139,9 @@ def test_abort_frees_the_replicas_blocks(router):
     assert not got[-1].finished and len(got[-1].token_ids) < 200
 
 
-def test_killed_replica_loses_no_request(router):
-    prompts = _prompts(6, 2)
-    sp = SamplingParams(max_tokens=40, temperature=0.0, ignore_eos=True)
-    want = _oracle(prompts, sp)
+def _kill_replica_mid_run(router, prompts, sp, tag):
+    """Submit prompts, kill replica 0 once it has streamed tokens of a request it still holds,
+    and return (outputs in submit order, the requests it held at the kill, the kill time)."""
     results = {}
     done = threading.Semaphore(0)
 
@@ -149,8 +150,7 @@ def test_killed_replica_loses_no_request(router):
             results[o.request_id if not isinstance(o, BaseException) else id(o)] = o
             done.release()
 
-    ids = [router.submit(p, sp, f"kill-{i}", listener) for i, p in enumerate(prompts)]
-    # Kill replica 0 once it has streamed tokens of a request it still holds.
+    ids = [router.submit(p, sp, f"{tag}-{i}", listener) for i, p in enumerate(prompts)]
     deadline = time.monotonic() + 120
     while True:
         with router._lock:
@@ -160,18 +160,75 @@ def test_killed_replica_loses_no_request(router):
             break
         assert time.monotonic() < deadline, "replica 0 never had a request in flight"
         time.sleep(0.01)
+    # no_restart: Ray itself restarts nothing; the replacement is the router's doing.
     ray.kill(router.actors[0], no_restart=True)
+    t_kill = time.monotonic()
     for _ in prompts:
         assert done.acquire(timeout=180)
-    outs = [results[i] for i in ids]
-    assert all(not isinstance(o, BaseException) for o in outs), outs
+    outs = [results.get(i) for i in ids]
+    assert all(o is not None and not isinstance(o, BaseException) for o in outs), results
+    return outs, mid_run, t_kill
+
+
+def _wait_for(cond, timeout_s, what):
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.02)
+
+
+def test_killed_replica_loses_no_request_and_comes_back(router):
+    prompts = _prompts(6, 2)
+    sp = SamplingParams(max_tokens=40, temperature=0.0, ignore_eos=True)
+    want = _oracle(prompts, sp)
+    old_pid = router.replica_stats[0]["pid"]
+    rerouted0 = router.num_rerouted
+    outs, mid_run, t_kill = _kill_replica_mid_run(router, prompts, sp, "kill")
     assert [o.token_ids for o in outs] == want
-    assert router.alive == [False, True]
-    assert router.num_rerouted >= len(mid_run) >= 1
+    assert router.num_rerouted - rerouted0 >= len(mid_run) >= 1
+    assert router.status[0] in ("restarting", "alive") and router.status[1] == "alive"
+    # The replacement: same replica id, a new process, counted once.
+    _wait_for(lambda: router.status[0] == "alive", 120, "replica 0 never came back")
+    t_back = time.monotonic()
+    st = router.replica_states()
+    assert [(s.replica_id, s.alive, s.restarts) for s in st] == [(0, True, 1), (1, True, 0)]
+    assert router.replica_stats[0]["replica_id"] == 0
+    assert router.replica_stats[0]["pid"] != old_pid
+    stats = router.stats()
+    assert stats["replica_status"] == ["alive", "alive"]
+    assert stats["replica_restarts"] == [1, 0] and stats["num_restarts"] == 1
+    assert stats["num_replicas_alive"] == 2 and stats["num_in_flight"] == 0
+    # It serves again: round robin sends it half of the new requests.
+    before = list(router.finished_per_replica)
+    sp_new = SamplingParams(max_tokens=8, temperature=0.0)
+    after = router.generate(prompts[:4], sp_new)
+    t_served = time.monotonic()
+    assert [o.token_ids for o in after] == _oracle(prompts[:4], sp_new)
+    assert [a - b for a, b in zip(router.finished_per_replica, before)] == [2, 2]
+    (rec,) = router.restart_log
+    assert rec["replica"] == 0 and rec["restart"] == 1 and rec["down_s"] > 0
+    print(f"\nreplica 0: kill -> back in routing {t_back - t_kill:.1f} s (death noticed -> "
+          f"ready {rec['down_s']:.1f} s); 4 new requests then {t_served - t_back:.1f} s")
+
+
+def test_replica_past_max_restarts_stays_dead(router):
+    # max_restarts=1 and replica 0 was replaced once (previous test): this death is final.
+    assert router.restarts == [1, 0]
+    prompts = _prompts(4, 4)
+    sp = SamplingParams(max_tokens=30, temperature=0.0, ignore_eos=True)
+    want = _oracle(prompts, sp)
+    outs, _, _ = _kill_replica_mid_run(router, prompts, sp, "kill2")
+    assert [o.token_ids for o in outs] == want
+    time.sleep(0.5)                  # several backoffs: no replacement is started
+    assert router.status == ["dead", "alive"] and router.alive == [False, True]
+    assert router.restarts == [1, 0] and router._starting == [None, None]
+    assert [s.restarts for s in router.replica_states()] == [1, 0]
     # New requests go to the survivor only.
+    before = list(router.finished_per_replica)
     after = router.generate(prompts[:2], SamplingParams(max_tokens=5, temperature=0.0))
     assert [o.token_ids for o in after] == _oracle(prompts[:2], SamplingParams(
         max_tokens=5, temperature=0.0))
+    assert [a - b for a, b in zip(router.finished_per_replica, before)] == [0, 2]
 
 
 def test_serve_config_knob_builds_the_router_client():
@@ -187,3 +244,48 @@ def test_serve_config_knob_builds_the_router_client():
     assert client.router.policy.block_size == cfg.engine.block_size
     with pytest.raises(ValueError, match="num_replicas"):
         build_engine_client(load_config(path, {"num_replicas": -1}))
+
+
+class _FakeActor:
+    """Records what the router sends (no Ray): add.remote(...) / abort.remote(...)."""
+
+    def __init__(self):
+        self.sent = []
+        self.add = type("M", (), {"remote": lambda _, *a: self.sent.append(("add", a[0]))})()
+        self.abort = type("M", (), {"remote": lambda _, *a: self.sent.append(("abort", a[0]))})()
+
+
+def test_requests_wait_for_a_restarting_replica_and_fail_once_none_can_come_back():
+    # The bookkeeping alone, without Ray: replica 0 restarting, replica 1 dead for good.
+    from llmserve.cluster.ray_backend import RayRouter
+    with pytest.raises(ValueError, match="max_restarts"):
+        RayRouter(EngineConfig(**ENGINE_KW), num_replicas=1, max_restarts=-1)
+    r = RayRouter(EngineConfig(**ENGINE_KW), num_replicas=2, policy="round_robin",
+                  max_restarts=2)
+    r.actors, r._starting = [_FakeActor(), _FakeActor()], [None, None]
+    r.replica_stats = [{}, {}]
+    r.alive, r.status, r.restarts = [False, False], ["restarting", "dead"], [1, 2]
+    r._by_replica, r.finished_per_replica = [set(), set()], [0, 0]
+    r._restart_at, r._died_at = [0.0, 0.0], [0.0, 0.0]
+    r._pump = object()               # "started"
+    got = {}
+    sp = SamplingParams(max_tokens=4, temperature=0.0)
+    for rid in ("a", "b", "c"):
+        r.submit([1, 2, 3], sp, rid, lambda o, rid=rid: got.setdefault(rid, o))
+    assert list(r._parked) == ["a", "b", "c"] and r.stats()["num_in_flight"] == 3
+    r.abort("b")                     # a parked request is simply dropped
+    assert list(r._parked) == ["a", "c"] and r.actors[0].sent == []
+    new = _FakeActor()
+    r._replica_back(0, new, {"replica_id": 0})
+    assert r.actors[0] is new and r.status == ["alive", "dead"]
+    assert new.sent == [("add", "a"), ("add", "c")] and not r._parked and not got
+    assert [s.restarts for s in r.replica_states()] == [1, 2]
+    # Replica 0 dies again, and its last replacement fails to start: nothing can come back,
+    # so what waits fails (a listener gets an error, the request is not left hanging).
+    r._replica_died(0, RuntimeError("killed"))
+    assert r.status[0] == "restarting" and list(r._parked) == ["a", "c"]
+    r.restarts[0] = 2                # its last replacement was started...
+    r._restart_failed(0, _FakeActor(), RuntimeError("no GPU"))   # ...and died in __init__
+    assert r.status == ["dead", "dead"] and not r._parked
+    assert sorted(got) == ["a", "c"] and all(isinstance(o, RuntimeError) for o in got.values())
+    assert r.stats()["num_in_flight"] == 0 and r.num_failed == 2
