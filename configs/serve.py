@@ -30,6 +30,10 @@ def get_config():
     c.router_policy = "least_tokens"    # with num_replicas >= 1: a llmserve.cluster.router policy
     c.num_gpus_per_replica = 0.0        # Ray GPUs per replica (engine.tensor_parallel_size on
     #                                     GPUs, 0 on a CPU machine)
+    c.max_replica_restarts = 3          # a dead replica is replaced this many times, then
+    #                                     left dead (its requests always move to the others)
+    c.replica_restart_backoff_s = 1.0   # wait before replacing a dead replica, doubled for
+    #                                     each later restart of the same replica
     c.shutdown_grace_s = 30.0           # SIGTERM: in-flight requests may finish for this long
     c.backlog = 2048                    # listen backlog (500+ clients connect at once)
     c.log_level = "info"                # uvicorn log level

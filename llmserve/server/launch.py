@@ -24,7 +24,9 @@ def build_engine_client(cfg):
         # N replicas on Ray behind the router in this process (the same EngineClient contract).
         from llmserve.cluster.ray_backend import RayRouter, RayRouterClient
         router = RayRouter(ec, cfg.num_replicas, cfg.router_policy,
-                           num_gpus_per_replica=cfg.num_gpus_per_replica)
+                           num_gpus_per_replica=cfg.num_gpus_per_replica,
+                           max_restarts=cfg.get("max_replica_restarts", 3),
+                           restart_backoff_s=cfg.get("replica_restart_backoff_s", 1.0))
         return RayRouterClient(router, name, max_waiting_requests=cfg.max_waiting_requests), ec
     return AsyncLLMEngine(LLMEngine(ec), name, max_waiting_requests=cfg.max_waiting_requests), ec
 

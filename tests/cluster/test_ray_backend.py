@@ -242,6 +242,10 @@ def test_serve_config_knob_builds_the_router_client():
     assert isinstance(client, RayRouterClient)
     assert client.router.num_replicas == 3 and client.router.policy.name == "prefix_aware"
     assert client.router.policy.block_size == cfg.engine.block_size
+    assert client.router.max_restarts == 3 and client.router.restart_backoff_s == 1.0
+    client, _ = build_engine_client(load_config(path, {"num_replicas": 2,
+                                                       "max_replica_restarts": 0}))
+    assert client.router.max_restarts == 0
     with pytest.raises(ValueError, match="num_replicas"):
         build_engine_client(load_config(path, {"num_replicas": -1}))
 
