@@ -18,6 +18,8 @@ def get_config():
     c.replica_counts = "1,2"            # Ray runs: this many replicas each ("" = none)
     c.policy = "least_tokens"           # router policy (llmserve.cluster.router)
     c.ray_num_cpus = 2                  # CPUs the local Ray cluster declares
+    c.kill_replica = True               # then kill replica 0 of the last Ray mode mid-round
+    #                                     and time its replacement (RayRouter max_restarts)
     c.engine = ml_collections.ConfigDict()   # EngineConfig fields of every replica
     c.engine.model = "tiny"             # preset or checkpoint directory
     c.engine.max_num_seqs = 32          # running requests per replica

@@ -222,12 +222,13 @@ class RayRouter:
                  policy: str = "least_tokens", policy_kwargs: dict | None = None, *,
                  num_gpus_per_replica: float = 0.0, num_cpus_per_replica: float = 1.0,
                  poll_wait_s: float = 0.05, max_restarts: int = 3,
-                 restart_backoff_s: float = 1.0):
+                 restart_backoff_s: float = 1.0, restart_timeout_s: float = 900.0):
         """num_gpus_per_replica: 1 in production (Ray pins each actor to its own GPU); 0 on a
         CPU machine. The policy is any llmserve.cluster.router policy name. max_restarts: how
         many times a dead replica is replaced (0: never); restart_backoff_s: wait before the
         first replacement of a replica, doubled for each later one (a replica that crashes at
-        once must not spin)."""
+        once must not spin); restart_timeout_s: a replacement not ready by then (never
+        scheduled: no free GPU; or hung loading) is killed and counts as a failed restart."""
         from llmserve.cluster.router import make_policy
         if isinstance(num_replicas, bool) or not isinstance(num_replicas, int) \
                 or num_replicas < 1:
@@ -239,6 +240,8 @@ class RayRouter:
             raise ValueError(f"max_restarts must be an int >= 0, got {max_restarts!r}")
         if not restart_backoff_s >= 0:
             raise ValueError(f"restart_backoff_s must be >= 0, got {restart_backoff_s!r}")
+        if not restart_timeout_s > 0:
+            raise ValueError(f"restart_timeout_s must be > 0, got {restart_timeout_s!r}")
         self.config = engine_config
         self.num_replicas = num_replicas
         kw = dict(policy_kwargs or {})
@@ -251,6 +254,7 @@ class RayRouter:
         self.poll_wait_s = poll_wait_s
         self.max_restarts = max_restarts
         self.restart_backoff_s = restart_backoff_s
+        self.restart_timeout_s = restart_timeout_s
         self.actors: list = []
         self.alive: list[bool] = []          # takes requests (status "alive")
         self.status: list[str] = []          # per replica: "alive", "restarting" or "dead"
@@ -261,6 +265,7 @@ class RayRouter:
         self._actor_cls = None
         self._starting: list = []            # replacement actor not yet ready, or None
         self._restart_at: list[float] = []   # when to start the next replacement
+        self._ready_by: list[float] = []     # ...and when it must be ready
         self._died_at: list[float] = []
         self._parked: collections.deque = collections.deque()   # ids waiting for a replica
         self.replica_stats: list[dict] = []
@@ -293,6 +298,7 @@ class RayRouter:
         self.restarts = [0] * n
         self._starting = [None] * n
         self._restart_at = [0.0] * n
+        self._ready_by = [0.0] * n
         self._died_at = [0.0] * n
         self._by_replica = [set() for _ in range(self.num_replicas)]
         self.finished_per_replica = [0] * self.num_replicas
@@ -482,15 +488,21 @@ class RayRouter:
         return self.restart_backoff_s * 2 ** self.restarts[replica]
 
     def _start_replacements(self, pending: dict) -> None:
-        """Start the replacement actors whose backoff is over (pump thread)."""
+        """Start the replacement actors whose backoff is over, give up on those past their
+        ready deadline (pump thread)."""
         now = time.monotonic()
         for i in range(len(self.actors)):
+            late = self._starting[i]
+            if late is not None and now > self._ready_by[i]:
+                self._restart_failed(i, late, TimeoutError(
+                    f"not ready after {self.restart_timeout_s:.0f} s"))
             if self.status[i] == "restarting" and self._starting[i] is None \
                     and now >= self._restart_at[i]:
                 with self._lock:
                     self.restarts[i] += 1
                     actor = self._actor_cls.remote(self.config, i)
                     self._starting[i] = actor
+                    self._ready_by[i] = now + self.restart_timeout_s
                 log.info("replica %d: starting replacement %d", i, self.restarts[i])
                 pending[actor.ready.remote()] = ("ready", i, actor)
 
@@ -553,6 +565,8 @@ class RayRouter:
             for ref in ready:
                 kind, i, actor = pending.pop(ref)
                 if kind == "ready":
+                    if actor is not self._starting[i]:
+                        continue         # given up on already (timed out)
                     try:
                         stats = ray.get(ref)
                     except RayError as e:     # died in its constructor, or unschedulable

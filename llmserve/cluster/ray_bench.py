@@ -5,6 +5,11 @@ Every mode first runs a warm-up set of requests (same length distribution, other
 the timed run measures serving, not XLA compilation (each replica compiles on its own). The
 timed runs' greedy outputs are compared with the in-process engine's: a mode that returned
 other tokens would not be doing the same work.
+
+With `kill_replica`, the last Ray mode then runs the requests once more and has replica 0
+killed mid-run (`ray.kill`): how long that round takes, how long until the router's
+replacement replica is ready (its warm-up compiles included), and one more round after it,
+which the replacement must share.
 """
 from __future__ import annotations
 
@@ -95,6 +100,10 @@ def run_replicas(cfg) -> dict:
             wall = time.perf_counter() - t
             runs[name].append((wall, outs, compiles() - n0))
             logging.info("round %d %s: %.2f s", r, name, wall)
+    recovery = None
+    if cfg.get("kill_replica", False) and routers:
+        ref = [o.token_ids for o in runs["engine (in-process)"][0][1]]
+        recovery = kill_and_recover(routers[-1], prompts, sp, ref)
     for router in routers:
         router.shutdown()
     ray.shutdown()
@@ -108,7 +117,55 @@ def run_replicas(cfg) -> dict:
                                                    for x in rs))
         if name in start_s:
             rows[name]["start_s"] = start_s[name]
-    return rows
+    if recovery is not None:
+        recovery["best_round_wall_s"] = rows[list(modes)[-1]]["wall_s"]
+    return rows, recovery
+
+
+def kill_and_recover(router, prompts, sp, ref) -> dict:
+    """One round with replica 0 killed once it streams a request it holds, the wait for its
+    replacement, and one round after (measured, not asserted: the tests assert)."""
+    import threading
+
+    import ray
+    box = {}
+    t0 = time.perf_counter()
+    th = threading.Thread(target=lambda: box.update(outs=router.generate(prompts, sp)))
+    th.start()
+    while True:
+        with router._lock:
+            if any(f.replica == 0 and f.tokens for f in router._flights.values()):
+                break
+        if not th.is_alive():
+            raise RuntimeError("the round ended before replica 0 streamed a token")
+        time.sleep(0.005)
+    rerouted0 = router.num_rerouted
+    ray.kill(router.actors[0], no_restart=True)
+    t_kill = time.perf_counter()
+    logging.info("killed replica 0 %.2f s into the round", t_kill - t0)
+    th.join()
+    t_round = time.perf_counter()
+    while router.status[0] != "alive":
+        if router.status[0] == "dead":
+            raise RuntimeError("replica 0 was not replaced (max_restarts=0?)")
+        time.sleep(0.05)
+    t_back = time.perf_counter()
+    logging.info("replica 0 back %.1f s after the kill", t_back - t_kill)
+    before = list(router.finished_per_replica)
+    n0 = _router_compiles(router)
+    t = time.perf_counter()
+    after = router.generate(prompts, sp)
+    wall_after = time.perf_counter() - t
+    return dict(
+        killed_round_wall_s=t_round - t0, kill_at_s=t_kill - t0,
+        rerouted=router.num_rerouted - rerouted0,
+        kill_to_back_s=t_back - t_kill, down_s=router.restart_log[-1]["down_s"],
+        after_round_wall_s=wall_after,
+        after_round_served_by_replica0=router.finished_per_replica[0] - before[0],
+        after_round_compiles=_router_compiles(router) - n0,
+        outputs_equal_engine=[o.token_ids for o in box["outs"]] == ref
+        and [o.token_ids for o in after] == ref,
+        num_replicas=router.num_replicas)
 
 
 def _router_compiles(router) -> int:
@@ -144,7 +201,9 @@ def tp_cost(cfg) -> dict:
 def run(cfg) -> dict:
     out = {"config": cfg.to_dict(), "load_before": os.getloadavg()}
     if cfg.replica_counts:
-        out["replicas"] = run_replicas(cfg)
+        out["replicas"], recovery = run_replicas(cfg)
+        if recovery is not None:
+            out["replica_kill"] = recovery
     out["tp_cost_model"] = tp_cost(cfg)
     out["load_after"] = os.getloadavg()
     return out
@@ -162,6 +221,16 @@ def format_results(res: dict) -> str:
                            f"{'' if v['outputs_equal_engine'] else ' (OUTPUTS DIFFER)'}"
                            for k, v in res["replicas"].items())
         parts += [tab, f"throughput vs the in-process engine: {ratios}"]
+    k = res.get("replica_kill")
+    if k is not None:
+        parts.append(
+            f"\nReplica 0 of {k['num_replicas']} killed {k['kill_at_s']:.1f} s into a round: "
+            f"round {k['killed_round_wall_s']:.1f} s (best timed round "
+            f"{k['best_round_wall_s']:.1f} s), {k['rerouted']} request(s) recomputed elsewhere; "
+            f"replacement in routing {k['kill_to_back_s']:.1f} s after the kill; next round "
+            f"{k['after_round_wall_s']:.1f} s, {k['after_round_served_by_replica0']} of its "
+            f"requests served by the replacement ({k['after_round_compiles']} compiles); "
+            f"outputs {'equal' if k['outputs_equal_engine'] else 'DIFFER FROM'} the engine's")
     c = res["config"]
     parts.append(f"\nTensor parallelism in the cost model ({c['tp_model']} on {c['tp_hardware']}, "
                  f"simulated): decode batch {c['tp_decode_batch']} at context "

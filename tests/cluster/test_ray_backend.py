@@ -270,7 +270,7 @@ def test_requests_wait_for_a_restarting_replica_and_fail_once_none_can_come_back
     r.replica_stats = [{}, {}]
     r.alive, r.status, r.restarts = [False, False], ["restarting", "dead"], [1, 2]
     r._by_replica, r.finished_per_replica = [set(), set()], [0, 0]
-    r._restart_at, r._died_at = [0.0, 0.0], [0.0, 0.0]
+    r._restart_at, r._died_at, r._ready_by = [0.0, 0.0], [0.0, 0.0], [0.0, 0.0]
     r._pump = object()               # "started"
     got = {}
     sp = SamplingParams(max_tokens=4, temperature=0.0)
@@ -288,6 +288,12 @@ def test_requests_wait_for_a_restarting_replica_and_fail_once_none_can_come_back
     # so what waits fails (a listener gets an error, the request is not left hanging).
     r._replica_died(0, RuntimeError("killed"))
     assert r.status[0] == "restarting" and list(r._parked) == ["a", "c"]
+    # A replacement that never gets ready (unschedulable, hung) is given up on at its
+    # deadline and counts as a failed restart; with one restart left, it is retried.
+    r._starting[0], r._ready_by[0] = _FakeActor(), time.monotonic() - 1
+    r._start_replacements({})
+    assert r._starting[0] is None and r.status[0] == "restarting"
+    assert r._restart_at[0] > time.monotonic() and list(r._parked) == ["a", "c"]
     r.restarts[0] = 2                # its last replacement was started...
     r._restart_failed(0, _FakeActor(), RuntimeError("no GPU"))   # ...and died in __init__
     assert r.status == ["dead", "dead"] and not r._parked
