@@ -167,6 +167,9 @@ def train_ensemble(train_ds, val_ds, fspec: feat.FeatureSpec, mspec: model_lib.M
     keep = tc.get("keep", "best")
     if keep not in ("best", "last"):
         raise ValueError(f"train.keep must be 'best' or 'last', got {keep!r}")
+    if not 0 <= tc.get("stop_epoch", 0) <= tc.num_epochs:
+        raise ValueError(f"train.stop_epoch must be in 0..num_epochs={tc.num_epochs}, got "
+                         f"{tc.stop_epoch}")
     if val_ds is None and keep != "last":
         raise ValueError("train.keep='best' picks epochs on validation, so it needs a "
                          "validation split; with data.train_on_val use train.keep='last'")
@@ -265,6 +268,9 @@ def train_ensemble(train_ds, val_ds, fspec: feat.FeatureSpec, mspec: model_lib.M
                      "(%.1fs)", epoch, tl, np.array2string(v_nll, precision=3),
                      np.array2string(v_mae, precision=3), tc.early_stop_metric, best_val.mean(),
                      time.perf_counter() - t_start)
+        if keep == "last" and epoch == tc.get("stop_epoch", 0):
+            logging.info("stop: train.stop_epoch %d reached", epoch)
+            break
         if keep == "best" and since_improved >= tc.patience:
             logging.info("early stop: no member improved for %d epochs", tc.patience)
             break

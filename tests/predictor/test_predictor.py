@@ -382,3 +382,19 @@ def test_train_on_val_and_cross_validation(tmp_path):
     assert all(r["mae"] < 0.75 * r["constant_mae"] and r["kendall_tau"] > 0.5 for r in rows)
     assert all(0.5 < r["coverage80"] < 0.98 for r in rows)   # calibrated out of bag alone
     assert "cross-validation" in evaluate.format_cv_table(cv)
+
+
+def test_keep_last_runs_every_epoch_up_to_stop_epoch(tmp_path):
+    c = small_config(tmp_path, n=80)
+    c.train.ensemble_size = 2
+    c.train.num_epochs = 6
+    c.train.keep = "last"
+    tok = data.tokenizer_for(c.tokenizer)
+    tr, _, _, _ = train.build_datasets(c, tok)
+    args = (train.feature_spec(c), train.model_spec(c), c.train)
+    c.train.stop_epoch = 3   # no validation to stop on: exactly epochs 1..3 run
+    _, info = train.train_ensemble(tr, None, *args)
+    assert info["epochs_run"] == 3 and len(info["history"]) == 3 and info["best_val"] is None
+    c.train.stop_epoch = 7
+    with pytest.raises(ValueError, match="stop_epoch"):
+        train.train_ensemble(tr, None, *args)
