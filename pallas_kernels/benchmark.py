@@ -508,6 +508,36 @@ def stage_ragged(rec: Recorder, profile: str, interpret: bool, ref_mem_limit: fl
             rec.error(name, e)
 
 
+def _time_decode_config(rec, name, cfg, args, nbytes, bw, interpret, reps=5, **extra):
+    """Times the decode kernel with config cfg; records and returns the item (None: error)."""
+    try:
+        f = jax.jit(lambda *a: paged_decode_attention(*a, interpret=interpret, **cfg))
+        t = time_fn(f, args, reps=reps)
+        item = {"case": name, "config": cfg, **extra, "us": t["median_s"] * 1e6,
+                "gbps": nbytes / t["median_s"] / 1e9,
+                "frac_copy_bw": nbytes / t["median_s"] / 1e9 / bw["gbps"],
+                "first_call_s": t["first_call_s"]}
+        rec.add(item)
+        return item
+    except Exception as e:
+        rec.error(name, e)
+        return None
+
+
+def _time_ragged_config(rec, name, cfg, args, roof, interpret, reps=5):
+    """Times the ragged kernel with config cfg; records and returns the item (None: error)."""
+    try:
+        f = jax.jit(lambda *a: ragged_paged_attention(*a, interpret=interpret, **cfg))
+        t = time_fn(f, args, reps=reps)
+        item = {"case": name, "config": cfg, "us": t["median_s"] * 1e6,
+                "frac_roofline": roof["roofline_s"] / t["median_s"]}
+        rec.add(item)
+        return item
+    except Exception as e:
+        rec.error(name, e)
+        return None
+
+
 def stage_autotune(rec: Recorder, profile: str, interpret: bool):
     """A small sweep of decode block configs (then split counts) and ragged configs."""
     bw = copy_bandwidth(2**31 if profile != "smoke" else 2**22)
@@ -528,19 +558,10 @@ def stage_autotune(rec: Recorder, profile: str, interpret: bool):
         results = []
         for cfg in sweep:
             name = f"decode B={batch} ctx={ctx} {tuning.config_name(cfg)}"
-            if not rec.can_start(name, 3.0):
-                continue
-            try:
-                f = jax.jit(lambda *a, c=cfg: paged_decode_attention(*a, interpret=interpret, **c))
-                t = time_fn(f, args, reps=3)
-                item = {"case": name, "shape": [batch, ctx], "config": cfg,
-                        "us": t["median_s"] * 1e6, "gbps": nbytes / t["median_s"] / 1e9,
-                        "frac_copy_bw": nbytes / t["median_s"] / 1e9 / bw["gbps"],
-                        "first_call_s": t["first_call_s"]}
-                results.append(item)
-                rec.add(item)
-            except Exception as e:
-                rec.error(name, e)
+            if rec.can_start(name, 3.0):
+                item = _time_decode_config(rec, name, cfg, args, nbytes, bw, interpret,
+                                           reps=3, shape=[batch, ctx])
+                results += [item] if item else []
         if not results:
             continue
         top = min(results, key=lambda r: r["us"])
@@ -552,19 +573,10 @@ def stage_autotune(rec: Recorder, profile: str, interpret: bool):
             splits_tried.add(splits)
             cfg = {**top["config"], "num_splits": splits}
             name = f"decode B={batch} ctx={ctx} {tuning.config_name(cfg)}"
-            if not rec.can_start(name, 3.0):
-                continue
-            try:
-                f = jax.jit(lambda *a, c=cfg: paged_decode_attention(*a, interpret=interpret, **c))
-                t = time_fn(f, args, reps=3)
-                item = {"case": name, "shape": [batch, ctx], "config": cfg,
-                        "auto_splits": auto_splits, "us": t["median_s"] * 1e6,
-                        "gbps": nbytes / t["median_s"] / 1e9,
-                        "frac_copy_bw": nbytes / t["median_s"] / 1e9 / bw["gbps"]}
-                results.append(item)
-                rec.add(item)
-            except Exception as e:
-                rec.error(name, e)
+            if rec.can_start(name, 3.0):
+                item = _time_decode_config(rec, name, cfg, args, nbytes, bw, interpret,
+                                           reps=3, shape=[batch, ctx], auto_splits=auto_splits)
+                results += [item] if item else []
         top = min(results, key=lambda r: r["us"])
         best[f"B={batch} ctx={ctx}"] = {"config": top["config"], "us": top["us"],
                                         "frac_copy_bw": top["frac_copy_bw"],
@@ -581,17 +593,9 @@ def stage_autotune(rec: Recorder, profile: str, interpret: bool):
     rres = []
     for cfg in rsweep:
         name = f"ragged mixed {tuning.config_name(cfg)}"
-        if not rec.can_start(name, 3.0):
-            continue
-        try:
-            f = jax.jit(lambda *a, c=cfg: ragged_paged_attention(*a, interpret=interpret, **c))
-            t = time_fn(f, args, reps=3)
-            item = {"case": name, "config": cfg, "us": t["median_s"] * 1e6,
-                    "frac_roofline": roof["roofline_s"] / t["median_s"]}
-            rres.append(item)
-            rec.add(item)
-        except Exception as e:
-            rec.error(name, e)
+        if rec.can_start(name, 3.0):
+            item = _time_ragged_config(rec, name, cfg, args, roof, interpret, reps=3)
+            rres += [item] if item else []
     if rres:
         top = min(rres, key=lambda r: r["us"])
         rec.set("best_ragged", {"config": top["config"], "us": top["us"],
@@ -633,16 +637,9 @@ def stage_confirm(rec: Recorder, profile: str, interpret: bool):
         nbytes = decode_bytes(np.asarray(args[4]), model, 2)
         for cfg in configs:
             name = f"decode B={batch} ctx={ctx} {tuning.config_name(cfg)}"
-            if not rec.can_start(name, 3.0):
-                continue
-            try:
-                f = jax.jit(lambda *a, c=cfg: paged_decode_attention(*a, interpret=interpret, **c))
-                t = time_fn(f, args)
-                rec.add({"case": name, "shape": [batch, ctx], "config": cfg,
-                         "us": t["median_s"] * 1e6, "gbps": nbytes / t["median_s"] / 1e9,
-                         "frac_copy_bw": nbytes / t["median_s"] / 1e9 / bw["gbps"]})
-            except Exception as e:
-                rec.error(name, e)
+            if rec.can_start(name, 3.0):
+                _time_decode_config(rec, name, cfg, args, nbytes, bw, interpret,
+                                    shape=[batch, ctx])
         del args
     rres = sorted((i for i in at.get("items", []) if "frac_roofline" in i),
                   key=lambda i: i["us"])
@@ -655,15 +652,8 @@ def stage_confirm(rec: Recorder, profile: str, interpret: bool):
     roof = ragged_roofline(q_lens, ctx, rmodel, dtype, bw["gbps"])
     for cfg in rconfigs:
         name = f"ragged mixed {tuning.config_name(cfg)}"
-        if not rec.can_start(name, 3.0):
-            continue
-        try:
-            f = jax.jit(lambda *a, c=cfg: ragged_paged_attention(*a, interpret=interpret, **c))
-            t = time_fn(f, args)
-            rec.add({"case": name, "config": cfg, "us": t["median_s"] * 1e6,
-                     "frac_roofline": roof["roofline_s"] / t["median_s"]})
-        except Exception as e:
-            rec.error(name, e)
+        if rec.can_start(name, 3.0):
+            _time_ragged_config(rec, name, cfg, args, roof, interpret)
 
 
 def stage_profile(rec: Recorder, profile: str, interpret: bool):
