@@ -44,6 +44,9 @@ class RequestOutput:
     finish_reason: str | None
     logprobs: list[float] | None
     metrics: RequestMetrics
+    # Per output token: SamplingParams.top_logprobs (token id, logprob) pairs, most likely
+    # first; None when not asked for.
+    top_logprobs: list[list[tuple[int, float]]] | None = None
 
     @classmethod
     def from_request(cls, req: Request, text: str | None) -> RequestOutput:
@@ -55,4 +58,6 @@ class RequestOutput:
             logprobs=list(req.output_logprobs) if req.sampling_params.logprobs else None,
             metrics=RequestMetrics(req.arrival_time, req.first_scheduled_time,
                                    req.first_token_time, req.finish_time, req.num_prompt_tokens,
-                                   req.num_output_tokens, req.num_preemptions))
+                                   req.num_output_tokens, req.num_preemptions),
+            top_logprobs=(list(req.output_top_logprobs) if req.sampling_params.top_logprobs
+                          else None))

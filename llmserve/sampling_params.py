@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import dataclasses
 
+MAX_TOP_LOGPROBS = 20    # the K the runner computes on device (a static shape)
+
 
 @dataclasses.dataclass(frozen=True)
 class SamplingParams:
@@ -14,6 +16,9 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
     logprobs: bool = False       # return the log-probability of each chosen token
+    # Also return the top_logprobs most likely tokens at each step (0..MAX_TOP_LOGPROBS, 0 =
+    # none); asking for them implies logprobs.
+    top_logprobs: int = 0
 
     def __post_init__(self):
         def bad(field, expected, value):
@@ -33,5 +38,10 @@ class SamplingParams:
         if any(isinstance(t, bool) or not isinstance(t, int) or t < 0 for t in stops):
             bad("stop_token_ids", "a sequence of non-negative ints", self.stop_token_ids)
         object.__setattr__(self, "stop_token_ids", stops)
+        tl = self.top_logprobs
+        if isinstance(tl, bool) or not isinstance(tl, int) or not 0 <= tl <= MAX_TOP_LOGPROBS:
+            bad("top_logprobs", f"an int in [0, {MAX_TOP_LOGPROBS}]", tl)
+        if tl:
+            object.__setattr__(self, "logprobs", True)
         object.__setattr__(self, "temperature", float(self.temperature))
         object.__setattr__(self, "top_p", float(self.top_p))

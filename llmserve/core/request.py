@@ -51,6 +51,7 @@ class Request:
         "num_preemptions",
         "num_prompt_tokens",
         "output_logprobs",
+        "output_top_logprobs",
         "predicted_num_output_tokens",
         "predicted_spread",
         "prompt_text",
@@ -79,6 +80,8 @@ class Request:
         self.token_ids = list(prompt_token_ids)
         self.num_prompt_tokens = len(prompt_token_ids)
         self.output_logprobs: list[float] = []
+        # Per output token, its top_logprobs alternatives (SamplingParams.top_logprobs > 0).
+        self.output_top_logprobs: list[list[tuple[int, float]]] = []
         self.num_computed_tokens = 0
         self.block_ids: list[int] = []
         self.status = RequestStatus.WAITING
@@ -107,7 +110,7 @@ class Request:
         sp = sampling_params
         # What the runner needs to sample, fixed for the request's life.
         self.sampling_tuple = (sp.temperature, sp.top_k, sp.top_p,
-                               sp.seed if sp.seed is not None else seed)
+                               sp.seed if sp.seed is not None else seed, sp.top_logprobs)
 
     @property
     def num_tokens(self) -> int:

@@ -31,7 +31,7 @@ class ScheduledRequest:
     block_ids: list[int]        # the request's block table (read-only view)
     sample: bool                # whether this step ends at the last token, so samples one
     token_index: int            # index of the output token sampled (the sampling key)
-    sampling: tuple             # (temperature, top_k, top_p, seed)
+    sampling: tuple             # (temperature, top_k, top_p, seed[, top_logprobs])
     num_padding_tokens: int = 0  # static batching: dummy rows after token_ids (see above)
 
 
@@ -59,3 +59,6 @@ class RunnerOutput:
     sampled: dict[str, int]                 # req_id -> token id, for requests that sample
     logprobs: dict[str, float] = dataclasses.field(default_factory=dict)
     step_time_s: float = 0.0                # measured (real runner) or modelled (simulator)
+    # req_id -> [(token id, logprob)] most likely first, for requests that asked for
+    # SamplingParams.top_logprobs (that many entries each).
+    top_logprobs: dict[str, list[tuple[int, float]]] = dataclasses.field(default_factory=dict)

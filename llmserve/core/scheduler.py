@@ -523,6 +523,9 @@ class Scheduler:
             if req.sampling_params.logprobs:
                 req.output_logprobs.append(runner_out.logprobs.get(req.request_id,
                                                                    float("nan")))
+                if req.sampling_params.top_logprobs:
+                    req.output_top_logprobs.append(
+                        runner_out.top_logprobs.get(req.request_id, []))
             req.token_times.append(now)
             if req.first_token_time is None:
                 req.first_token_time = now

@@ -45,3 +45,12 @@ def sample(logits, temperature, top_k, top_p, seeds, token_index):
     tokens = jnp.where(temperature > 0, drawn.astype(jnp.int32), greedy)
     chosen_logprob = jnp.take_along_axis(logprobs_all, tokens[:, None], axis=-1)[:, 0]
     return tokens, chosen_logprob
+
+
+def top_logprobs(logits, k: int):
+    """The k most likely tokens of each row under the same unmodified distribution as
+    sample()'s chosen-token logprob (log_softmax of the logits, before temperature, top-k and
+    top-p). Returns (token ids [S, k] int32, logprobs [S, k]), most likely first."""
+    k = min(k, logits.shape[-1])
+    lps, ids = jax.lax.top_k(jax.nn.log_softmax(logits, axis=-1), k)
+    return ids.astype(jnp.int32), lps

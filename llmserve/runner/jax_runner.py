@@ -12,9 +12,10 @@ from llmserve.core.sched_output import RunnerOutput, SchedulerOutput
 from llmserve.model.attention import AttentionMetadata
 from llmserve.model.config import ModelConfig
 from llmserve.model.kv_cache import init_kv_cache
-from llmserve.model.sampling import sample
+from llmserve.model.sampling import sample, top_logprobs
 from llmserve.model.transformer import forward
 from llmserve.runner.buckets import Buckets
+from llmserve.sampling_params import MAX_TOP_LOGPROBS
 
 
 @dataclasses.dataclass
@@ -33,17 +34,22 @@ class RunnerStats:
 
 
 def _step_fn(params, kv_cache, batch, cfg: ModelConfig, attention_impl: str, decode_only: bool,
-             attention_fn=None):
+             attention_fn=None, with_top: bool = False):
     md = AttentionMetadata(batch["slot_mapping"], batch["query_start_loc"], batch["seq_lens"],
                            batch["block_tables"], batch["num_seqs"], decode_only)
     logits, kv_cache = forward(params, cfg, batch["token_ids"], batch["positions"], kv_cache, md,
                                batch["logits_indices"], attention_impl, attention_fn)
     tokens, logprobs = sample(logits, batch["temperature"], batch["top_k"], batch["top_p"],
                               batch["seeds"], batch["token_index"])
+    if with_top:
+        # A separate static variant, compiled only once a request asks: the default step
+        # (and its transfer) stays as it was. Nested in the logprobs slot so the TP step's
+        # out_shardings (tokens, logprobs, cache) still describe it as a prefix.
+        logprobs = (logprobs, *top_logprobs(logits, MAX_TOP_LOGPROBS))
     return tokens, logprobs, kv_cache
 
 
-_step = jax.jit(_step_fn, static_argnames=("cfg", "attention_impl", "decode_only"),
+_step = jax.jit(_step_fn, static_argnames=("cfg", "attention_impl", "decode_only", "with_top"),
                 donate_argnums=(1,))
 
 
@@ -70,17 +76,27 @@ class JaxRunner:
             # One jitted executable per decode_only value: jit takes no kwargs (the static
             # ones) together with in_shardings, so they are bound first.
             attend = sharding.head_parallel_attention(self.mesh)
-            self._tp_steps = {d: sharding.jit_sharded_step(functools.partial(
+            steps = {(d, w): sharding.jit_sharded_step(functools.partial(
                 _step_fn, cfg=cfg, attention_impl=attention_impl, decode_only=d,
-                attention_fn=attend), self.mesh, cfg) for d in (False, True)}
+                attention_fn=attend, with_top=w), self.mesh, cfg)
+                for d in (False, True) for w in (False, True)}
+            self._tp_steps = {d: steps[d, False] for d in (False, True)}
+            self._tp_top_steps = {d: steps[d, True] for d in (False, True)}
         else:
             self.kv_cache = init_kv_cache(cfg, num_kv_blocks, block_size, kv_dtype)
         self.params = params
         self.stats = RunnerStats()
 
-    def _run_step(self, batch, decode_only: bool):
+    def _run_step(self, batch, decode_only: bool, with_top: bool = False):
         if self.mesh is not None:
-            return self._tp_steps[decode_only](self.params, self.kv_cache, batch)
+            steps = self._tp_top_steps if with_top else self._tp_steps
+            return steps[decode_only](self.params, self.kv_cache, batch)
+        if with_top:
+            return _step(self.params, self.kv_cache, batch, cfg=self.cfg,
+                         attention_impl=self.attention_impl, decode_only=decode_only,
+                         with_top=True)
+        # The default variant is called exactly as before, so it hits the same jit cache
+        # entry as warmup and earlier versions.
         return _step(self.params, self.kv_cache, batch, cfg=self.cfg,
                      attention_impl=self.attention_impl, decode_only=decode_only)
 
@@ -129,7 +145,7 @@ class JaxRunner:
             seq_lens[i] = r.start_pos + n
             tables[i, :len(blocks)] = blocks
             logits_idx[i] = max(end - 1, off)
-            temperature[i], top_k[i], top_p[i], seeds[i] = r.sampling
+            temperature[i], top_k[i], top_p[i], seeds[i] = r.sampling[:4]
             token_index[i] = r.token_index
             npad = r.num_padding_tokens
             if npad:
@@ -152,8 +168,13 @@ class JaxRunner:
         t0 = time.perf_counter()
         batch, shape = self.prepare(sched_out)
         t1 = time.perf_counter()
-        tokens, logprobs, self.kv_cache = self._run_step(batch, shape[3])
+        # Requests asking for alternatives: (index in the batch, how many).
+        want_top = [(i, r.sampling[4]) for i, r in enumerate(sched_out.scheduled)
+                    if r.sample and len(r.sampling) > 4 and r.sampling[4]]
+        tokens, logprobs, self.kv_cache = self._run_step(batch, shape[3], bool(want_top))
         tokens, logprobs = jax.device_get((tokens, logprobs))   # one transfer
+        if want_top:
+            logprobs, top_ids, top_lps = logprobs
         t2 = time.perf_counter()
         st = self.stats
         st.num_steps += 1
@@ -162,13 +183,17 @@ class JaxRunner:
         st.real_tokens += sched_out.num_scheduled_tokens
         st.scheduling_padding_tokens += sched_out.num_padding_tokens
         st.padded_tokens += shape[0] - sched_out.num_computed_slots
-        st.compiled_shapes.add(shape)
+        st.compiled_shapes.add(shape + ("top",) if want_top else shape)
         sampled, lps = {}, {}
         for i, r in enumerate(sched_out.scheduled):
             if r.sample:
                 sampled[r.req_id] = int(tokens[i])
                 lps[r.req_id] = float(logprobs[i])
-        return RunnerOutput(sampled, lps, t2 - t0)
+        tops = {}
+        for i, n in want_top:
+            tops[sched_out.scheduled[i].req_id] = list(zip(top_ids[i, :n].tolist(),
+                                                           top_lps[i, :n].tolist()))
+        return RunnerOutput(sampled, lps, t2 - t0, tops)
 
     def warmup(self, shapes=None) -> int:
         """Compile every bucket shape (or the given ones) ahead of serving. Returns the count."""

@@ -18,4 +18,11 @@ class MockRunner:
         self.steps.append(sched_out)
         sampled = {s.req_id: mock_token(s.sampling[3], s.token_index, self.vocab_size)
                    for s in sched_out.scheduled if s.sample}
-        return RunnerOutput(sampled, {k: 0.0 for k in sampled}, self.step_time_s)
+        # Alternatives, when asked: the chosen token first (with its logprob, 0.0), then the
+        # next ids at -1, -2, ...: sorted and consistent with the chosen token, not a
+        # distribution.
+        tops = {s.req_id: [((sampled[s.req_id] + j) % self.vocab_size, -float(j))
+                           for j in range(s.sampling[4])]
+                for s in sched_out.scheduled
+                if s.sample and len(s.sampling) > 4 and s.sampling[4]}
+        return RunnerOutput(sampled, {k: 0.0 for k in sampled}, self.step_time_s, tops)
