@@ -211,20 +211,28 @@ def build_app(engine, settings: ServerSettings | None = None,
                             top_p=req.top_p, top_k=req.top_k, seed=req.seed,
                             stop_token_ids=tuple(req.stop_token_ids or ()),
                             ignore_eos=req.ignore_eos,
-                            logprobs=bool(req.logprobs) if chat else req.logprobs is not None)
+                            logprobs=bool(req.logprobs) if chat else req.logprobs is not None,
+                            top_logprobs=(req.top_logprobs or 0) if chat else
+                            (req.logprobs or 0))
         return _Call(chat, req, ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex,
                      list(ids), P.now(), sp, tuple(stop or ()))
 
     # ---- response bodies ------------------------------------------------------------------
-    def choice_logprobs(call: _Call, token_ids, logprobs, offset: int):
+    def choice_logprobs(call: _Call, token_ids, logprobs, offset: int, tops=None):
         if not call.logprobs:
             return None
+        if call.sp.top_logprobs and tops is None:
+            # A backend that does not carry alternatives (none asked of it): empty entries,
+            # so each position still has its slot.
+            tops = [[] for _ in token_ids]
+        elif not call.sp.top_logprobs:
+            tops = None
         if call.chat:
-            return P.chat_logprobs(tok, token_ids, logprobs)
-        return P.completion_logprobs(tok, token_ids, logprobs, offset)
+            return P.chat_logprobs(tok, token_ids, logprobs, tops)
+        return P.completion_logprobs(tok, token_ids, logprobs, offset, tops)
 
     def full_response(call: _Call, out) -> dict:
-        lp = choice_logprobs(call, out.token_ids, out.logprobs or [], 0)
+        lp = choice_logprobs(call, out.token_ids, out.logprobs or [], 0, out.top_logprobs)
         if call.chat:
             choice = {"index": 0, "message": {"role": "assistant", "content": out.text or ""},
                       "logprobs": lp, "finish_reason": out.finish_reason}
@@ -264,8 +272,10 @@ def build_app(engine, settings: ServerSettings | None = None,
                 delta = text[len(sent_text):]
                 new = out.token_ids[sent_toks:]
                 if delta or out.finished or (call.logprobs and new):
+                    tops = out.top_logprobs
                     lp = choice_logprobs(call, new, (out.logprobs or [])[sent_toks:],
-                                         len(sent_text))
+                                         len(sent_text),
+                                         None if tops is None else tops[sent_toks:])
                     yield chunk(call, delta, out.finish_reason if out.finished else None, lp)
                 sent_text, sent_toks = text, len(out.token_ids)
                 if out.finished:

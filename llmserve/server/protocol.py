@@ -7,7 +7,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from llmserve.sampling_params import MAX_TOP_LOGPROBS
 from llmserve.server.errors import APIError
+
+MAX_COMPLETION_LOGPROBS = 5     # OpenAI's limit for /v1/completions logprobs
 
 
 class _Strict(BaseModel):
@@ -70,10 +73,10 @@ class CompletionRequest(_Sampling):
             return APIError(400, "echo is not supported", "echo", "unsupported")
         if self.suffix is not None:
             return APIError(400, "suffix is not supported", "suffix", "unsupported")
-        if self.logprobs is not None and self.logprobs != 0:
-            return APIError(400, f"logprobs={self.logprobs} is not supported: only 0 (the "
-                            "chosen tokens' log-probabilities; alternatives are not computed)",
-                            "logprobs", "unsupported")
+        if self.logprobs is not None and not 0 <= self.logprobs <= MAX_COMPLETION_LOGPROBS:
+            return APIError(400, f"logprobs={self.logprobs} is out of range: 0 to "
+                            f"{MAX_COMPLETION_LOGPROBS} (the most likely tokens returned per "
+                            "position, as OpenAI)", "logprobs", "invalid_value")
         return None
 
     def single_prompt(self) -> str | list[int]:
@@ -114,9 +117,13 @@ class ChatCompletionRequest(_Sampling):
         err = super().unsupported()
         if err:
             return err
-        if self.top_logprobs not in (None, 0):
-            return APIError(400, f"top_logprobs={self.top_logprobs} is not supported: only 0",
-                            "top_logprobs", "unsupported")
+        if self.top_logprobs is not None:
+            if not 0 <= self.top_logprobs <= MAX_TOP_LOGPROBS:
+                return APIError(400, f"top_logprobs={self.top_logprobs} is out of range: 0 to "
+                                f"{MAX_TOP_LOGPROBS}", "top_logprobs", "invalid_value")
+            if self.top_logprobs and not self.logprobs:
+                return APIError(400, "top_logprobs needs logprobs=true", "top_logprobs",
+                                "invalid_value")
         if self.max_tokens is not None and self.max_completion_tokens is not None:
             return APIError(400, "give max_tokens or max_completion_tokens, not both",
                             "max_completion_tokens", "invalid_value")
@@ -151,22 +158,40 @@ def usage(num_prompt: int, num_output: int) -> dict:
             "total_tokens": num_prompt + num_output}
 
 
-def completion_logprobs(tokenizer, token_ids, logprobs, text_offset: int) -> dict:
+def completion_logprobs(tokenizer, token_ids, logprobs, text_offset: int, tops=None) -> dict:
+    """tops: per token, its [(token id, logprob)] alternatives (None: logprobs=0, none)."""
     toks = [tokenizer.decode([t]) for t in token_ids]
     offsets = []
     for t in toks:
         offsets.append(text_offset)
         text_offset += len(t)
-    return {"tokens": toks, "token_logprobs": list(logprobs), "top_logprobs": None,
+    top = None
+    if tops is not None:
+        # OpenAI's shape: {token text: logprob}. Two ids that decode to the same text (byte
+        # fragments of one character) share a key; the more likely one, listed first, wins.
+        top = []
+        for alts in tops:
+            d = {}
+            for t, lp in alts:
+                d.setdefault(tokenizer.decode([t]), lp)
+            top.append(d)
+    return {"tokens": toks, "token_logprobs": list(logprobs), "top_logprobs": top,
             "text_offset": offsets}
 
 
-def chat_logprobs(tokenizer, token_ids, logprobs) -> dict:
+def _chat_entry(tokenizer, t: int, lp: float) -> dict:
+    s = tokenizer.decode([t])
+    return {"token": s, "logprob": lp, "bytes": list(s.encode("utf-8"))}
+
+
+def chat_logprobs(tokenizer, token_ids, logprobs, tops=None) -> dict:
+    """tops: per token, its [(token id, logprob)] alternatives (None: top_logprobs=0)."""
     out = []
-    for t, lp in zip(token_ids, logprobs):
-        s = tokenizer.decode([t])
-        out.append({"token": s, "logprob": lp, "bytes": list(s.encode("utf-8")),
-                    "top_logprobs": []})
+    for i, (t, lp) in enumerate(zip(token_ids, logprobs)):
+        e = _chat_entry(tokenizer, t, lp)
+        e["top_logprobs"] = ([] if tops is None else
+                             [_chat_entry(tokenizer, a, alp) for a, alp in tops[i]])
+        out.append(e)
     return {"content": out}
 
 

@@ -5,6 +5,7 @@ import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
 
 import httpx
 import openai
@@ -30,7 +31,8 @@ def oracle():
     # LLM.generate with its own weights (same preset and seed) and the server's engine
     # config, so the compiled step shapes are shared.
     llm = LLM("tiny", max_num_seqs=32, max_model_len=256, max_num_batched_tokens=256)
-    sp = SamplingParams(max_tokens=16, temperature=0.0, logprobs=True)
+    # top_logprobs leaves tokens and logprobs as they are (tests/runner/test_top_logprobs.py).
+    sp = SamplingParams(max_tokens=16, temperature=0.0, logprobs=True, top_logprobs=5)
     chat_prompt = "<|system|>\nBe brief.\n<|user|>\nHi there\n<|assistant|>\n"   # by hand
     outs = llm.generate(PROMPTS + [chat_prompt], sp)
     return {"completions": outs[:-1], "chat": outs[-1]}
@@ -72,6 +74,82 @@ def test_token_id_prompt_and_logprobs(client, oracle):
     for a, b in zip(c.logprobs.token_logprobs, want.logprobs):
         assert a == pytest.approx(b, abs=1e-3)
     assert "".join(c.logprobs.tokens) == tok().decode(want.token_ids)
+
+
+def _expected_top(want, j, n):
+    """The offline engine's n alternatives at token j as OpenAI's {text: logprob} (two ids
+    with the same text share a key; the more likely one's value stays)."""
+    d = {}
+    for t, v in want.top_logprobs[j][:n]:
+        d.setdefault(tok().decode([t]), v)
+    return d
+
+
+def _check_completion_top(lp, want, n):
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) \
+        == len(want.token_ids)
+    for j, (t, tlp, top) in enumerate(zip(lp.tokens, lp.token_logprobs, lp.top_logprobs)):
+        exp = _expected_top(want, j, n)
+        assert top.keys() == exp.keys() and 1 <= len(top) <= n
+        for k in exp:
+            assert top[k] == pytest.approx(exp[k], abs=1e-3)
+        # Greedy: the chosen token is the most likely one, with its own logprob.
+        assert tlp == pytest.approx(want.logprobs[j], abs=1e-3)
+        assert top[t] == pytest.approx(tlp, abs=1e-6) == max(top.values())
+
+
+def test_completion_top_logprobs_stream_and_not(client, oracle):
+    want = oracle["completions"][1]
+    kw = dict(model="tiny", prompt=PROMPTS[1], max_tokens=16, temperature=0, logprobs=3)
+    r = client.completions.create(**kw)
+    assert r.choices[0].text == want.text
+    _check_completion_top(r.choices[0].logprobs, want, 3)
+    toks, tlps, tops = [], [], []
+    for ev in client.completions.create(stream=True, **kw):
+        for c in ev.choices:
+            if c.logprobs is not None:
+                toks += c.logprobs.tokens
+                tlps += c.logprobs.token_logprobs
+                tops += c.logprobs.top_logprobs
+    _check_completion_top(SimpleNamespace(tokens=toks, token_logprobs=tlps, top_logprobs=tops),
+                          want, 3)
+
+
+def _check_chat_top(content, want, n):
+    assert len(content) == len(want.token_ids)
+    for j, e in enumerate(content):
+        assert e.token == tok().decode([want.token_ids[j]])
+        assert e.logprob == pytest.approx(want.logprobs[j], abs=1e-3)
+        assert e.bytes == list(e.token.encode("utf-8"))
+        assert len(e.top_logprobs) == n
+        alts = want.top_logprobs[j][:n]
+        assert [a.token for a in e.top_logprobs] == [tok().decode([t]) for t, _ in alts]
+        for a, (_, v) in zip(e.top_logprobs, alts):
+            assert a.logprob == pytest.approx(v, abs=1e-3)
+            assert a.bytes == list(a.token.encode("utf-8"))
+        assert e.top_logprobs[0].token == e.token
+        assert e.top_logprobs[0].logprob == pytest.approx(e.logprob, abs=1e-6)
+
+
+def test_chat_top_logprobs_stream_and_not(client, oracle):
+    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"}]
+    want = oracle["chat"]
+    kw = dict(model="tiny", messages=msgs, max_tokens=16, temperature=0, logprobs=True,
+              top_logprobs=5)
+    r = client.chat.completions.create(**kw)
+    assert r.choices[0].message.content == want.text
+    _check_chat_top(r.choices[0].logprobs.content, want, 5)
+    content = []
+    for ev in client.chat.completions.create(stream=True, **kw):
+        for c in ev.choices:
+            if c.logprobs is not None and c.logprobs.content:
+                content += c.logprobs.content
+    _check_chat_top(content, want, 5)
+    # logprobs=true alone: the chosen tokens, no alternatives (as before).
+    r0 = client.chat.completions.create(model="tiny", messages=msgs, max_tokens=4,
+                                        temperature=0, logprobs=True)
+    entries = r0.choices[0].logprobs.content
+    assert entries and all(e.top_logprobs == [] for e in entries)
 
 
 def _stream_completion(client, **kw):
@@ -197,7 +275,8 @@ OK = {"model": "tiny", "prompt": "hello", "max_tokens": 4}
     ({"n": 2}, "n", "unsupported"),
     ({"best_of": 3}, "best_of", "unsupported"),
     ({"echo": True}, "echo", "unsupported"),
-    ({"logprobs": 5}, "logprobs", "unsupported"),
+    ({"logprobs": 6}, "logprobs", "invalid_value"),
+    ({"logprobs": -1}, "logprobs", "invalid_value"),
     ({"presence_penalty": 0.5}, "presence_penalty", "unsupported"),
     ({"logit_bias": {"1": 2.0}}, "logit_bias", "unsupported"),
     ({"stop": [""]}, "stop", "invalid_value"),
@@ -220,7 +299,9 @@ def test_invalid_completion_requests_get_400_naming_the_param(tiny_server, chang
     ({"messages": [{"role": "wizard", "content": "x"}]}, "messages"),
     ({"messages": [{"role": "user", "content": 5}]}, "messages"),
     ({"tools": [{"type": "function"}]}, "tools"),
-    ({"top_logprobs": 3, "logprobs": True}, "top_logprobs"),
+    ({"top_logprobs": 21, "logprobs": True}, "top_logprobs"),
+    ({"top_logprobs": -1, "logprobs": True}, "top_logprobs"),
+    ({"top_logprobs": 3}, "top_logprobs"),                  # without logprobs=true
     ({"n": 3}, "n"),
 ])
 def test_invalid_chat_requests_get_400(tiny_server, change, param):
