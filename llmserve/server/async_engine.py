@@ -5,8 +5,9 @@ EngineClient (also implemented by the Ray cluster's RayRouterClient):
     async start() -> None
     generate(prompt, sampling_params, request_id, *, stop=()) -> AsyncIterator[RequestOutput]
         Yields cumulative RequestOutput snapshots (token_ids, text, logprobs and, when
-        sampling_params.top_logprobs asks, top_logprobs so far); the last has finished=True. A consumer that falls behind gets the newest snapshot only (they are
-        cumulative, so nothing is lost). `stop` are stop strings: the text is cut before the
+        sampling_params.top_logprobs asks, top_logprobs so far); the last has finished=True.
+        A consumer that falls behind gets the newest snapshot only (they are cumulative, so
+        nothing is lost). `stop` are stop strings: the text is cut before the
         first one and the request ends with finish_reason "stop".
         Raises, before anything is yielded: ValueError naming the field (bad input),
         QueueFullError (the waiting queue is at its bound -> HTTP 429), EngineShutdownError
