@@ -73,8 +73,8 @@ class JaxRunner:
             params = sharding.shard_params(params, self.mesh, cfg)
             self.kv_cache = sharding.init_sharded_kv_cache(self.mesh, cfg, num_kv_blocks,
                                                            block_size, kv_dtype)
-            # One jitted executable per decode_only value: jit takes no kwargs (the static
-            # ones) together with in_shardings, so they are bound first.
+            # One jitted executable per (decode_only, with_top) value: jit takes no kwargs
+            # (the static ones) together with in_shardings, so they are bound first.
             attend = sharding.head_parallel_attention(self.mesh)
             steps = {(d, w): sharding.jit_sharded_step(functools.partial(
                 _step_fn, cfg=cfg, attention_impl=attention_impl, decode_only=d,
