@@ -95,7 +95,7 @@ class ReplicaServer:
         self._wake.set()
 
     def poll(self, wait_s: float = 0.05) -> tuple[list[dict], dict]:
-        """(deltas, load): each delta {id, tokens, logprobs, finished, finish_reason,
+        """(deltas, load): each delta {id, tokens, logprobs, top_logprobs, finished, finish_reason,
         num_preemptions} or {id, error}; tokens are the new ones since the last poll."""
         with self._cv:
             if not self._out:
@@ -137,8 +137,10 @@ class ReplicaServer:
                     continue
                 toks = req.output_token_ids
                 lps = req.output_logprobs if req.sampling_params.logprobs else None
+                tops = req.output_top_logprobs if req.sampling_params.top_logprobs else None
                 d = {"id": rid, "tokens": list(toks[n:]),
                      "logprobs": None if lps is None else list(lps[n:]),
+                     "top_logprobs": None if tops is None else list(tops[n:]),
                      "finished": req.is_finished,
                      "finish_reason": req.finish_reason.value if req.finish_reason else None,
                      "num_preemptions": req.num_preemptions}
@@ -177,8 +179,8 @@ class ReplicaServer:
                 if prev is not None and "tokens" in prev and "tokens" in d:
                     # Several steps between two polls: one delta per request.
                     d = {**d, "tokens": prev["tokens"] + d["tokens"],
-                         "logprobs": None if d["logprobs"] is None
-                         else prev["logprobs"] + d["logprobs"]}
+                         **{k: None if d[k] is None else prev[k] + d[k]
+                            for k in ("logprobs", "top_logprobs")}}
                 out[d["id"]] = d
             if deltas:
                 self._cv.notify_all()
@@ -212,6 +214,7 @@ class _Flight:
     replica: int = -1
     tokens: list = dataclasses.field(default_factory=list)
     logprobs: list | None = None
+    top_logprobs: list | None = None
     emitted: int = 0                 # tokens already delivered to the listener
     first_token_time: float | None = None
     attempts: int = 0
@@ -478,7 +481,7 @@ class RayRouter:
                 self.policy.on_finish(rid, replica)
                 # From scratch: the replica's KV cache (and any partial output) died with it.
                 f.tokens = []
-                f.logprobs = None
+                f.logprobs = f.top_logprobs = None
                 self.num_rerouted += 1
                 self._dispatch(f)
             old = self.actors[replica]
@@ -602,6 +605,8 @@ class RayRouter:
                 f.tokens += d["tokens"]
                 if d["logprobs"] is not None:
                     f.logprobs = (f.logprobs or []) + d["logprobs"]
+                if d.get("top_logprobs") is not None:
+                    f.top_logprobs = (f.top_logprobs or []) + d["top_logprobs"]
                 if f.first_token_time is None and f.tokens:
                     f.first_token_time = now
                 finished = d["finished"]
@@ -626,6 +631,7 @@ class RayRouter:
             token_ids=list(f.tokens), text=text, finished=finished,
             finish_reason=d["finish_reason"] if finished else None,
             logprobs=list(f.logprobs) if f.logprobs is not None else None,
+            top_logprobs=list(f.top_logprobs) if f.top_logprobs is not None else None,
             metrics=RequestMetrics(f.arrival, None, f.first_token_time,
                                    now if finished else None, len(f.prompt_ids),
                                    len(f.tokens), d["num_preemptions"]))

@@ -61,6 +61,22 @@ def test_two_replicas_equal_single_engine_greedy(router):
     assert st["num_replicas_alive"] == 2 and st["num_in_flight"] == 0
 
 
+def test_logprobs_and_top_logprobs_cross_the_replicas(router):
+    """Per-token logprobs and top-N alternatives come back through Ray as the single engine
+    gives them (tokens, chosen logprobs, alternatives)."""
+    prompts = _prompts(2, 5)
+    sp = SamplingParams(max_tokens=6, temperature=0.0, top_logprobs=3)
+    outs = router.generate(prompts, sp)
+    want = generate(engine(**ENGINE_KW), prompts, sp)
+    for o, w in zip(outs, want):
+        assert o.token_ids == w.token_ids
+        np.testing.assert_allclose(o.logprobs, w.logprobs, atol=1e-5)
+        assert len(o.top_logprobs) == len(o.token_ids)
+        for got, exp in zip(o.top_logprobs, w.top_logprobs):
+            assert [t for t, _ in got] == [t for t, _ in exp]
+            np.testing.assert_allclose([v for _, v in got], [v for _, v in exp], atol=1e-5)
+
+
 def test_sampled_requests_get_a_seed_of_their_own(router):
     # Same id and prompt -> same tokens whichever replica runs it (what a recompute after a
     # replica death relies on); a different id draws differently.
