@@ -226,11 +226,16 @@ class AsyncLLMEngine:
         self._active.add(request_id)
         self._submit(("add", request_id, ids, sampling_params, _Stream(loop, queue, tracker)))
         finished = False
+        error = None
         try:
             while True:
-                item = await queue.get()
+                item = error if error is not None else await queue.get()
                 while not queue.empty() and not isinstance(item, BaseException):
-                    item = queue.get_nowait()      # snapshots are cumulative: keep the newest
+                    nxt = queue.get_nowait()       # snapshots are cumulative: keep the newest,
+                    if isinstance(nxt, BaseException):
+                        error = nxt                # but the tokens made before an error go first
+                        break
+                    item = nxt
                 if isinstance(item, BaseException):
                     finished = True                 # the engine thread already dropped it
                     raise item

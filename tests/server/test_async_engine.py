@@ -96,3 +96,30 @@ def test_abort_frees_blocks_queue_bound_and_bounded_history():
     assert st["num_aborted"] == 1 and st["kv_blocks_used"] == 0
     ae.engine.scheduler.block_manager.check_all_free()
     assert len(ae.engine.step_times) <= 100 and len(ae.engine.scheduler.step_records) <= 100
+
+
+def test_snapshot_queued_before_an_error_is_delivered_first():
+    """A snapshot and an error that reach the stream together: the tokens come out, then the
+    error (coalescing the queue used to drop the snapshot)."""
+    from types import SimpleNamespace
+
+    from llmserve.server.async_engine import RequestFailedError
+    ae = AsyncLLMEngine(_engine(), "mock")
+    ae._thread = object()                 # no engine thread: the test feeds the stream
+    snap = SimpleNamespace(finished=False, token_ids=[5, 6])
+
+    def submit(cmd):
+        if cmd[0] == "add":
+            stream = cmd[4]
+            stream.queue.put_nowait(SimpleNamespace(finished=False, token_ids=[5]))
+            stream.queue.put_nowait(snap)
+            stream.queue.put_nowait(RequestFailedError("engine step failed"))
+    ae._submit = submit
+
+    async def main():
+        got = []
+        with pytest.raises(RequestFailedError):
+            async for o in ae.generate("ab", SamplingParams(max_tokens=4), "r"):
+                got.append(o)
+        return got
+    assert asyncio.run(main()) == [snap]
