@@ -114,6 +114,36 @@ def kv_tile_rows(bt_ref, t, tok, *, page_size, max_pages, num_pages, seq=None):
     return page * page_size + tok % page_size
 
 
+def kv_tile_pages(bt_ref, k_ref, v_ref, t, *, page_size, block_kv, max_pages, num_pages,
+                  seq=None):
+    """K, V [block_kv, D] of tile t the first version's way (prefetch_rows=False): the
+    tile's page ids loaded in the same iteration, pages gathered from the [num_pages,
+    page_size, D] pool and reshaped. bt_ref and seq as in `kv_tile_rows`."""
+    pages_per_tile = block_kv // page_size
+    idx = t * pages_per_tile + lax.broadcasted_iota(jnp.int32, (pages_per_tile,), 0)
+    window = pl.ds(t * pages_per_tile, pages_per_tile)
+    ids_ref = bt_ref.at[window] if seq is None else bt_ref.at[seq, window]
+    page_ids = jnp.clip(_compat.load(ids_ref, mask=idx < max_pages, other=0), 0,
+                        num_pages - 1)
+    head_dim = k_ref.shape[-1]
+    return (k_ref[page_ids].reshape(block_kv, head_dim),
+            v_ref[page_ids].reshape(block_kv, head_dim))
+
+
+def pool_operand(pages, prefetch_rows: bool, head_of):
+    """One KV pool [Hkv, num_pages, page_size, D] as a pallas_call operand: (array,
+    BlockSpec of KV head head_of(*grid indices)). With prefetch_rows the pool is seen as
+    token rows [Hkv, num_pages * page_size, D] (a free reshape), so a tile is one 2-D row
+    gather (`kv_tile_rows`); else pages stay whole (`kv_tile_pages`)."""
+    num_kv_heads, num_pages, page_size, head_dim = pages.shape
+    if prefetch_rows:
+        rows = pages.reshape(num_kv_heads, num_pages * page_size, head_dim)
+        return rows, pl.BlockSpec((None, num_pages * page_size, head_dim),
+                                  lambda *g: (head_of(*g), 0, 0))
+    return pages, pl.BlockSpec((None, num_pages, page_size, head_dim),
+                               lambda *g: (head_of(*g), 0, 0, 0))
+
+
 def masked_softmax(s, mask):
     """Softmax over the last axis of float32 scores where mask holds; all-masked rows -> 0.
 
@@ -180,13 +210,8 @@ def _decode_kernel(bt_ref, lens_ref, q_ref, k_ref, v_ref, *out_refs, group, page
         return (*attend(t, k_ref[kv_rows], v_ref[kv_rows], carry), next_rows)
 
     def body_pages(t, carry):
-        pages_per_tile = block_kv // page_size
-        idx = t * pages_per_tile + lax.broadcasted_iota(jnp.int32, (pages_per_tile,), 0)
-        page_ids = _compat.load(bt_ref.at[pl.ds(t * pages_per_tile, pages_per_tile)],
-                                mask=idx < max_pages, other=0)
-        page_ids = jnp.clip(page_ids, 0, num_pages - 1)
-        k = k_ref[page_ids].reshape(block_kv, head_dim)
-        v = v_ref[page_ids].reshape(block_kv, head_dim)
+        k, v = kv_tile_pages(bt_ref, k_ref, v_ref, t, page_size=page_size, block_kv=block_kv,
+                             max_pages=max_pages, num_pages=num_pages)
         return attend(t, k, v, carry)
 
     init = (jnp.zeros((rows, head_dim), jnp.float32),
@@ -234,7 +259,7 @@ def _decode_pallas(q, k_pages, v_pages, block_tables, seq_lens, *, sm_scale, blo
     it writes float32 partials that `merge_partials` combines.
     """
     batch, num_heads, head_dim = q.shape
-    num_kv_heads, num_pages, page_size, _ = k_pages.shape
+    num_kv_heads, _, page_size, _ = k_pages.shape
     group = num_heads // num_kv_heads
     rows = padded_group(group)
     max_pages = block_tables.shape[1]
@@ -244,14 +269,8 @@ def _decode_pallas(q, k_pages, v_pages, block_tables, seq_lens, *, sm_scale, blo
         _decode_kernel, group=group, page_size=page_size, block_kv=block_kv,
         num_splits=num_splits, scale_log2=float(sm_scale) * LOG2E, precision=precision,
         finalize=finalize, prefetch_rows=prefetch_rows)
-    if prefetch_rows:  # the pools as token rows (a free reshape): tiles are 2-D gathers
-        k_pages = k_pages.reshape(num_kv_heads, num_pages * page_size, head_dim)
-        v_pages = v_pages.reshape(num_kv_heads, num_pages * page_size, head_dim)
-    pool_spec = (pl.BlockSpec((None, num_pages * page_size, head_dim),
-                              lambda b, h, s: (h, 0, 0))
-                 if prefetch_rows else
-                 pl.BlockSpec((None, num_pages, page_size, head_dim),
-                              lambda b, h, s: (h, 0, 0, 0)))
+    k_pool, pool_spec = pool_operand(k_pages, prefetch_rows, lambda b, h, s: h)
+    v_pool, _ = pool_operand(v_pages, prefetch_rows, lambda b, h, s: h)
     in_specs = [
         pl.BlockSpec((None, max_pages), lambda b, h, s: (b, 0)),
         pl.BlockSpec((batch,), lambda b, h, s: (0,)),
@@ -284,7 +303,7 @@ def _decode_pallas(q, k_pages, v_pages, block_tables, seq_lens, *, sm_scale, blo
         interpret=interpret,
         name=f"paged_decode_attention_bkv{block_kv}_s{num_splits}" + ("" if prefetch_rows
                                                                       else "_pages"),
-    )(block_tables, seq_lens, q, k_pages, v_pages)
+    )(block_tables, seq_lens, q, k_pool, v_pool)
     if finalize:
         return out
     o = merge_partials(*out).astype(q.dtype)              # [B, Hkv, Gp, D]

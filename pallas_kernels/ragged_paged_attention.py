@@ -37,8 +37,10 @@ from pallas_kernels.paged_attention import (
     _check_int_vector,
     _next_pow2,
     check_kv_pages,
+    kv_tile_pages,
     kv_tile_rows,
     masked_softmax,
+    pool_operand,
     online_softmax_update,
 )
 
@@ -104,12 +106,8 @@ def _ragged_tile(j, meta_ref, bt_ref, q_ref, k_ref, v_ref, o_ref, *, block_q, gr
         return (*attend(t, k_ref[kv_rows], v_ref[kv_rows], carry, masked), next_rows)
 
     def step_pages(t, carry, masked):
-        idx = t * pages_per_tile + lax.broadcasted_iota(jnp.int32, (pages_per_tile,), 0)
-        page_ids = _compat.load(bt_ref.at[seq, pl.ds(t * pages_per_tile, pages_per_tile)],
-                                mask=idx < max_pages, other=0)
-        page_ids = jnp.clip(page_ids, 0, num_pages - 1)
-        k = k_ref[page_ids].reshape(block_kv, head_dim)
-        v = v_ref[page_ids].reshape(block_kv, head_dim)
+        k, v = kv_tile_pages(bt_ref, k_ref, v_ref, t, page_size=page_size, block_kv=block_kv,
+                             max_pages=max_pages, num_pages=num_pages, seq=seq)
         return attend(t, k, v, carry, masked)
 
     step = step_prefetch if prefetch_rows else step_pages
@@ -204,7 +202,7 @@ def _ragged_call(classes, bt, qg, k_pages, v_pages, out, *, block_kv, scale_log2
                  num_warps, num_stages, prefetch_rows, interpret):
     """One launch over the tiles of one class [(block_q, meta)] or of two (fused)."""
     num_tokens, num_kv_heads, group_rows, head_dim = qg.shape
-    _, num_pages, page_size, _ = k_pages.shape
+    page_size = k_pages.shape[2]
     precision = lax.Precision.HIGHEST if qg.dtype == jnp.float32 else None
     common = dict(group_rows=group_rows, page_size=page_size,
                   pages_per_tile=block_kv // page_size, scale_log2=scale_log2,
@@ -220,14 +218,8 @@ def _ragged_call(classes, bt, qg, k_pages, v_pages, out, *, block_kv, scale_log2
                                    block_qs=(bq0, bq1), **common)
         name = f"ragged_paged_attention_fused_bq{bq0}_{bq1}_bkv{block_kv}"
     num_tiles = meta.shape[1]
-    if prefetch_rows:  # the pools as token rows (a free reshape): tiles are 2-D gathers
-        k_pages = k_pages.reshape(num_kv_heads, num_pages * page_size, head_dim)
-        v_pages = v_pages.reshape(num_kv_heads, num_pages * page_size, head_dim)
-        pool_spec = pl.BlockSpec((None, num_pages * page_size, head_dim),
-                                 lambda j, h: (h, 0, 0))
-    else:
-        pool_spec = pl.BlockSpec((None, num_pages, page_size, head_dim),
-                                 lambda j, h: (h, 0, 0, 0))
+    k_pool, pool_spec = pool_operand(k_pages, prefetch_rows, lambda j, h: h)
+    v_pool, _ = pool_operand(v_pages, prefetch_rows, lambda j, h: h)
     return pl.pallas_call(
         kernel,
         grid=(num_tiles, num_kv_heads),
@@ -246,7 +238,7 @@ def _ragged_call(classes, bt, qg, k_pages, v_pages, out, *, block_kv, scale_log2
         compiler_params=_compat.compiler_params(num_warps, num_stages),
         interpret=interpret,
         name=name,
-    )(meta, bt, qg, k_pages, v_pages, out)
+    )(meta, bt, qg, k_pool, v_pool, out)
 
 
 def tile_plan(num_tokens: int, num_slots: int, group: int, block_q_rows: int):

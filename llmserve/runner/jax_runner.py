@@ -91,14 +91,11 @@ class JaxRunner:
         if self.mesh is not None:
             steps = self._tp_top_steps if with_top else self._tp_steps
             return steps[decode_only](self.params, self.kv_cache, batch)
-        if with_top:
-            return _step(self.params, self.kv_cache, batch, cfg=self.cfg,
-                         attention_impl=self.attention_impl, decode_only=decode_only,
-                         with_top=True)
-        # The default variant is called exactly as before, so it hits the same jit cache
-        # entry as warmup and earlier versions.
+        # with_top is passed only when set: the default variant is called exactly as before,
+        # so it hits the same jit cache entry as warmup.
+        top = {"with_top": True} if with_top else {}
         return _step(self.params, self.kv_cache, batch, cfg=self.cfg,
-                     attention_impl=self.attention_impl, decode_only=decode_only)
+                     attention_impl=self.attention_impl, decode_only=decode_only, **top)
 
     # ---- host side -------------------------------------------------------------------------
     def _empty_batch(self, T: int, S: int, B: int, n_tok: int) -> dict:
