@@ -101,6 +101,9 @@ def summarize(out_dir: str, extra: dict | None = None) -> tuple[dict, str]:
     for i in r.get("items", []):
         if "glue_us" in i:
             out.append(f"  {i['case']}: {i['glue_us']:.1f} us")
+        if "layer_us" in i:
+            out.append(f"  {i['case']}: {i['layer_us']:.1f} us per layer, "
+                       f"{100 * i['layer_frac_roofline']:.0f}% of roofline")
         if "ragged_over_decode" in i:
             out.append(f"  {i['case']}: decode {i['decode_us']:.1f} us, ragged "
                        f"{i['ragged_us']:.1f} us (x{i['ragged_over_decode']:.2f})")

@@ -476,6 +476,12 @@ def stage_ragged(rec: Recorder, profile: str, interpret: bool, ref_mem_limit: fl
             rec.add(item)
         except Exception as e:
             rec.error(name, e)
+    if args is not None and rec.can_start("ragged per layer", 8.0):
+        try:
+            rec.add(_ragged_layer_stack(args, q_lens, ctx, model, dtype, bw, interpret,
+                                        num_layers=4 if profile != "smoke" else 2))
+        except Exception as e:
+            rec.error("ragged per layer", e)
     if args is not None and rec.can_start("ragged glue", 3.0):
         try:  # the XLA ops around the kernels alone: the tile lists and the output buffer
             glue = jax.jit(lambda *a: ragged_glue(*a, block_q_rows=64))
@@ -506,6 +512,30 @@ def stage_ragged(rec: Recorder, profile: str, interpret: bool, ref_mem_limit: fl
             del dargs, rargs
         except Exception as e:
             rec.error(name, e)
+
+
+def _ragged_layer_stack(args, q_lens, ctx, model, dtype, bw, interpret, num_layers):
+    """The mixed batch through num_layers chained calls in one jit, each layer with its own
+    K/V pools (as in the engine, whose unrolled layers share one step's metadata): XLA
+    computes the tile lists once (common-subexpression elimination; a test checks it on the
+    CPU), so this is what a layer pays. Time per layer against the same roofline."""
+    q, kp, vp, bt, sl, qsl, n = args
+    keys = jax.random.split(jax.random.PRNGKey(7), 2 * (num_layers - 1))
+    kps = [kp] + [jax.random.normal(k, kp.shape, dtype) for k in keys[:num_layers - 1]]
+    vps = [vp] + [jax.random.normal(k, vp.shape, dtype) for k in keys[num_layers - 1:]]
+
+    def stack(q, kps, vps, bt, sl, qsl, n):
+        for k, v in zip(kps, vps):   # each layer's query depends on the previous output
+            q = ragged_paged_attention(q, k, v, bt, sl, qsl, n, interpret=interpret)
+        return q
+
+    t = time_fn(jax.jit(stack), (q, kps, vps, bt, sl, qsl, n), reps=5, inner=3)
+    roof = ragged_roofline(q_lens, ctx, model, dtype, bw["gbps"])
+    per_layer = t["median_s"] / num_layers
+    del kps, vps
+    return {"case": f"ragged per layer ({num_layers}-layer stack, own K/V pools)",
+            "num_layers": num_layers, "layer_us": per_layer * 1e6,
+            "layer_frac_roofline": roof["roofline_s"] / per_layer}
 
 
 def _time_decode_config(rec, name, cfg, args, nbytes, bw, interpret, reps=5, **extra):

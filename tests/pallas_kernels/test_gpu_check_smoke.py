@@ -25,6 +25,7 @@ def test_every_stage_runs_in_smoke_mode(tmp_path):
         ragged = json.load(f)
     cases = [i["case"] for i in ragged["items"]]
     assert any("glue" in c for c in cases) and any("pure decode" in c for c in cases)
+    assert any("per layer" in c for c in cases)
     _, text = bench_report.summarize(str(tmp_path))
     for table in ("correctness on device", "decode, Llama-3-8B", "ragged mixed batch",
                   "autotune", "confirm"):

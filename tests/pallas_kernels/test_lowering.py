@@ -124,3 +124,36 @@ def test_head_dim_80_rejected_before_any_gpu(fn, specs):
 def test_page_size_12_rejected():
     with pytest.raises(ValueError, match="k_pages: expected page_size"):
         _compat.lower_for_cuda(paged_decode_attention, *_decode_specs(4, 8, 2, 64, 12, 8, 64))
+
+
+def _stack_hlo(share_metadata: bool, num_layers: int = 3) -> str:
+    """Optimised CPU HLO of num_layers chained ragged calls (interpret mode), each layer with
+    its own K/V pools; the layers share one step's metadata or get their own."""
+    num_kv, pages, ps, d = 2, 16, 16, 64
+    k = jnp.ones((num_kv, pages, ps, d), jnp.float32)
+
+    def stack(q, bt, lens, qsl, n):
+        for layer in range(num_layers):
+            # per-layer metadata: the first sequence's chunk `own` rows shorter
+            own = 0 if share_metadata else layer
+            layer_qsl = qsl - jnp.array([0, own, own, own, 0], I32)
+            q = ragged_paged_attention(q, k * (layer + 1), k - layer, bt, lens, layer_qsl, n,
+                                       interpret=True)
+        return q
+
+    args = (jnp.ones((32, 8, d)), jnp.zeros((4, 4), I32), jnp.full((4,), 40, I32),
+            jnp.array([0, 24, 25, 26, 27], I32), jnp.asarray(4, I32))
+    return jax.jit(stack).lower(*args).compile().as_text()
+
+
+def test_layers_share_one_set_of_tile_lists():
+    """The engine's layers are unrolled in one jit and pass the same metadata: XLA's CSE
+    computes the tile lists once per step, not once per layer, which is why the GPU check's
+    per-layer figure (scripts/gpu_check.sh, ragged stage) counts the glue once per stack.
+    The prefill class's cumsum (an s32 reduce-window) marks each copy of the tile lists;
+    with per-layer metadata the count is the layer count, so the marker does see copies."""
+    def cumsums(text):
+        return sum(1 for line in text.splitlines()
+                   if "reduce-window(" in line and "= s32[" in line)
+    assert cumsums(_stack_hlo(share_metadata=True)) == 1
+    assert cumsums(_stack_hlo(share_metadata=False)) == 3
