@@ -47,6 +47,15 @@ def get_config():
                                         # tokenizers only), e.g. (1, 2); () = none
     c.features.word_weight = 1.0        # the word n-grams' share of the bag next to the
                                         # token n-grams' 1
+    c.features.encoder = ""             # a local Hugging Face BERT-family sentence encoder
+                                        # directory (e.g. all-MiniLM-L6-v2): each prompt's
+                                        # embedding becomes an MLP input too. Off by default:
+                                        # on a CPU it costs ms per prompt, far above the
+                                        # 0.1 ms budget (docs/RESULTS.md, fourth round)
+    c.features.encoder_max_tokens = 256  # wordpieces per prompt ([CLS] and [SEP] included;
+                                        # at most the model's max_seq_length)
+    c.features.encoder_cache_dir = ""   # embeddings computed in training/evaluation kept here
+                                        # ("" = WORKDIR/encoder_cache)
 
     c.model = ml_collections.ConfigDict()
     c.model.embed_dim = 16              # embedding-bag width
@@ -54,6 +63,9 @@ def get_config():
     c.model.dropout = 0.3               # dropout after each hidden layer while training
     c.model.bag_dropout = 0.7           # share of a prompt's n-grams dropped while training
     c.model.wide = False                # + a linear weight per n-gram on the mean (wide & deep)
+    c.model.encoder_proj = 32           # with features.encoder: the embedding's learned
+                                        # projection width (then LayerNorm), next to the bag
+    c.model.encoder_dropout = 0.0       # dropout on that projection while training
 
     c.train = ml_collections.ConfigDict()
     c.train.ensemble_size = 5           # K members, trained together under jax.vmap

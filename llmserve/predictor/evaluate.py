@@ -27,7 +27,7 @@ def score_predictor(predictor, ds) -> dict:
 
 def ensemble_rows(predictor, ds) -> dict:
     edges = predictor.bucket_edges
-    p = predictor.predict(ds.prompts)
+    p = predictor.predict(ds.prompts, ds.texts)
     pidx, y = ds.per_sample()
     ly = np.log1p(y)
     rows = {}
@@ -102,19 +102,21 @@ def noise_floor(ds, edges=BUCKET_EDGES) -> dict:
 
 def measure_latency(predictor, prompts, batch_size: int = 64, repeats: int = 20) -> dict:
     """Milliseconds per request of predict() on batches of `batch_size` prompts (text or ids);
-    the first call (compilation) is excluded and reported apart."""
+    the first call (compilation) is excluded and reported apart. `predictor` may also be a
+    plain function of a batch (e.g. a sentence encoder's embed)."""
+    call = predictor if callable(predictor) else predictor.predict
     prompts = list(prompts)
     if not prompts:
         raise ValueError("measure_latency needs at least one prompt")
     batches = [[prompts[(i * batch_size + j) % len(prompts)] for j in range(batch_size)]
                for i in range(repeats)]
     t0 = time.perf_counter()
-    predictor.predict(batches[0])
+    call(batches[0])
     first = time.perf_counter() - t0
     times = []
     for b in batches:
         t0 = time.perf_counter()
-        predictor.predict(b)
+        call(b)
         times.append(time.perf_counter() - t0)
     times = np.array(times)
     return {"batch_size": batch_size, "ms_per_request": float(np.median(times) / batch_size * 1e3),
@@ -205,7 +207,7 @@ def cross_validate(config, folds: int) -> dict:
         r = score_predictor(predictor, test)
         row = {k: r[k] for k in CV_METRICS}
         row["constant_mae"] = baseline_rows(train, test, predictor.bucket_edges)["constant"]["mae"]
-        p = predictor.predict(test.prompts)
+        p = predictor.predict(test.prompts, test.texts)
         pidx, y = test.per_sample()
         src = np.asarray(test.sources)[pidx]
         row["mae_by_source"] = {s: float(np.mean(np.abs(p.median[pidx] - y)[src == s]))
@@ -245,12 +247,20 @@ def run_evaluation(workdir: str, latency_batch_size: int = 64, latency_repeats: 
     train_ds, _, test_ds, desc = build_datasets(config, tok)
     if not len(test_ds):
         raise ValueError(f"the checkpoint's data ({desc}) has an empty test split")
+    if predictor.encoder is not None:  # scoring reuses training's embeddings; timing does not
+        from llmserve.predictor.encoder import EmbeddingCache
+        predictor.embedding_cache = EmbeddingCache(
+            predictor.encoder, config.features.get("encoder_cache_dir", ""))
     rows = evaluate_all(predictor, train_ds, test_ds)
+    predictor.embedding_cache = None
     latency = {"text": measure_latency(predictor, test_ds.texts if all(test_ds.texts)
                                         else test_ds.prompts, latency_batch_size,
                                         latency_repeats),
                    "token_ids": measure_latency(predictor, test_ds.prompts, latency_batch_size,
                                              latency_repeats)}
+    if predictor.encoder is not None:
+        latency["encoder_only"] = measure_latency(predictor.encoder.embed, test_ds.texts,
+                                                  latency_batch_size, latency_repeats)
     ens, avg = rows["ensemble"], rows["member_avg"]
     targets = {"mae_le_180": ens["mae"] <= 180, "bucket_acc_ge_0_65": ens["bucket_acc"] >= 0.65,
                    "kendall_ge_0_55": ens["kendall_tau"] >= 0.55,

@@ -238,11 +238,13 @@ def dense_features(prompt_len: int) -> np.ndarray:
 @dataclasses.dataclass
 class Batch:
     """A ragged batch: n-gram `ids` of all prompts, their `segments` (prompt index) and
-    `weights` (0 on padding), and `dense` [B, NUM_DENSE]."""
+    `weights` (0 on padding), `dense` [B, NUM_DENSE], and with a sentence encoder (optional)
+    each prompt's embedding `enc` [B, D] (zeros on padding rows)."""
     ids: np.ndarray
     segments: np.ndarray
     weights: np.ndarray
     dense: np.ndarray
+    enc: np.ndarray | None = None
 
     @property
     def size(self) -> int:
@@ -274,7 +276,7 @@ def featurize(prompts: Sequence[Sequence[int]], spec: FeatureSpec, rows: int | N
 
 
 def assemble(ids: Sequence[np.ndarray], weights: Sequence[np.ndarray],
-             dense: np.ndarray) -> Batch:
+             dense: np.ndarray, enc: np.ndarray | None = None) -> Batch:
     """Per-prompt bags (from hashed_ngrams) -> a padded ragged Batch."""
     lens = [len(i) for i in ids]
     total = sum(lens)
@@ -286,4 +288,5 @@ def assemble(ids: Sequence[np.ndarray], weights: Sequence[np.ndarray],
         flat_ids[:total] = np.concatenate(ids)
         flat_w[:total] = np.concatenate(weights)
         seg[:total] = np.repeat(np.arange(len(ids), dtype=np.int32), lens)
-    return Batch(flat_ids, seg, flat_w, np.asarray(dense, np.float32))
+    return Batch(flat_ids, seg, flat_w, np.asarray(dense, np.float32),
+                 None if enc is None else np.asarray(enc, np.float32))

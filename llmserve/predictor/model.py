@@ -16,9 +16,10 @@ import numpy as np
 
 from llmserve.predictor.features import Batch
 
-# A Batch passes through jit as its four arrays (features.py stays free of jax).
+# A Batch passes through jit as its arrays (features.py stays free of jax); `enc` is None
+# (an empty subtree) without a sentence encoder.
 jax.tree_util.register_pytree_node(
-    Batch, lambda b: ((b.ids, b.segments, b.weights, b.dense), None),
+    Batch, lambda b: ((b.ids, b.segments, b.weights, b.dense, b.enc), None),
     lambda _, xs: Batch(*xs))
 
 
@@ -34,9 +35,16 @@ class ModelSpec:
                                # many weak n-gram cues add up without the 16-wide bottleneck
     num_tasks: int = 1         # mean/std heads: task 0 = the served lengths, 1.. = auxiliary
                                # datasets (other responders) that only shape the features
+    encoder_dim: int = 0       # > 0: a sentence embedding of this width is an input too,
+    encoder_proj: int = 32     # ... through a learned projection to this width + LayerNorm
+    encoder_dropout: float = 0.0  # ... with dropout on the projection while training
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        if not self.encoder_dim:  # checkpoints without an encoder keep their old meta
+            for k in ("encoder_dim", "encoder_proj", "encoder_dropout"):
+                del d[k]
+        return d
 
 
 class Member(nn.Module):
@@ -44,7 +52,7 @@ class Member(nn.Module):
 
     @nn.compact
     def __call__(self, ids, segments, weights, dense, train: bool = False,
-                 all_tasks: bool = False):
+                 all_tasks: bool = False, enc=None):
         s = self.spec
         if train and s.bag_dropout > 0:
             # n-gram dropout: a member cannot lean on the few n-grams that identify a
@@ -57,6 +65,14 @@ class Member(nn.Module):
         bag = jax.ops.segment_sum(emb * weights[:, None], segments,
                                   num_segments=dense.shape[0])
         x = jnp.concatenate([nn.LayerNorm(name="bag_norm")(bag), dense], axis=-1)
+        if s.encoder_dim:
+            if enc is None or enc.shape[-1] != s.encoder_dim:
+                raise ValueError(f"the model takes {s.encoder_dim}-wide sentence embeddings "
+                                 f"(batch.enc), got {None if enc is None else enc.shape}")
+            # a few learned directions of the pretrained embedding, at the bag's scale
+            e = nn.LayerNorm(name="enc_norm")(nn.Dense(s.encoder_proj, name="enc_proj")(enc))
+            e = nn.Dropout(s.encoder_dropout, deterministic=not train)(e)
+            x = jnp.concatenate([x, e], axis=-1)
         for i in range(2):
             x = nn.gelu(nn.Dense(s.hidden_dim, name=f"hidden{i}")(x))
             x = nn.Dropout(s.dropout, deterministic=not train)(x)
@@ -79,8 +95,9 @@ def ensemble_init(spec: ModelSpec, key, num_members: int):
     member = Member(spec)
     dummy = (jnp.zeros(4, jnp.int32), jnp.zeros(4, jnp.int32), jnp.zeros(4, jnp.float32),
              jnp.zeros((1, 2), jnp.float32))
+    enc = jnp.zeros((1, spec.encoder_dim), jnp.float32) if spec.encoder_dim else None
     keys = jax.vmap(lambda k: jax.random.fold_in(key, k))(jnp.arange(num_members))
-    return jax.vmap(lambda k: member.init(k, *dummy)["params"])(keys)
+    return jax.vmap(lambda k: member.init(k, *dummy, enc=enc)["params"])(keys)
 
 
 def ensemble_apply(spec: ModelSpec, params, batch, train: bool = False, dropout_key=None,
@@ -90,20 +107,23 @@ def ensemble_apply(spec: ModelSpec, params, batch, train: bool = False, dropout_
     member = Member(spec)
     ids, seg, w, dense = (jnp.asarray(batch.ids), jnp.asarray(batch.segments),
                           jnp.asarray(batch.weights), jnp.asarray(batch.dense))
+    enc = None if batch.enc is None else jnp.asarray(batch.enc)
     k = jax.tree_util.tree_leaves(params)[0].shape[0]
     if train:
         keys = jax.random.split(dropout_key, k)
         return jax.vmap(lambda p, r: member.apply({"params": p}, ids, seg, w, dense, True,
-                                                  all_tasks, rngs={"dropout": r}))(params, keys)
+                                                  all_tasks, enc, rngs={"dropout": r})
+                        )(params, keys)
     return jax.vmap(lambda p: member.apply({"params": p}, ids, seg, w, dense, False,
-                                           all_tasks))(params)
+                                           all_tasks, enc))(params)
 
 
 def member_apply(spec: ModelSpec, member_params, batch):
     """One member, no vmap (the independent check of ensemble_apply)."""
     return Member(spec).apply({"params": member_params}, jnp.asarray(batch.ids),
                               jnp.asarray(batch.segments), jnp.asarray(batch.weights),
-                              jnp.asarray(batch.dense))
+                              jnp.asarray(batch.dense),
+                              enc=None if batch.enc is None else jnp.asarray(batch.enc))
 
 
 def num_params(params) -> int:
@@ -134,15 +154,22 @@ def serving_apply(sparams, batch):
     rows = table[batch.ids] * batch.weights[:, None]
     summed = jax.ops.segment_sum(rows, batch.segments, num_segments=b, indices_are_sorted=True)
     bag = jnp.transpose(summed[:, :k * e].reshape(b, k, e), (1, 0, 2))       # [K, B, E]
-    mean = bag.mean(-1, keepdims=True)
-    var = jnp.square(bag - mean).mean(-1, keepdims=True)
-    ln = sparams["bag_norm"]
-    x = (bag - mean) * jax.lax.rsqrt(var + 1e-6) * ln["scale"][:, None] + ln["bias"][:, None]
-    x = jnp.concatenate([x, jnp.broadcast_to(batch.dense, (k,) + batch.dense.shape)], -1)
+
+    def norm(name, x):  # flax LayerNorm (eps 1e-6) over the last axis, per member
+        mean = x.mean(-1, keepdims=True)
+        var = jnp.square(x - mean).mean(-1, keepdims=True)
+        ln = sparams[name]
+        return (x - mean) * jax.lax.rsqrt(var + 1e-6) * ln["scale"][:, None] + ln["bias"][:, None]
 
     def dense(name, x):
         return jnp.einsum("kbi,kio->kbo", x, sparams[name]["kernel"]) + \
             sparams[name]["bias"][:, None]
+    x = jnp.concatenate([norm("bag_norm", bag),
+                         jnp.broadcast_to(batch.dense, (k,) + batch.dense.shape)], -1)
+    if "enc_proj" in sparams:
+        proj = jnp.einsum("bd,kdo->kbo", batch.enc, sparams["enc_proj"]["kernel"]) + \
+            sparams["enc_proj"]["bias"][:, None]
+        x = jnp.concatenate([x, norm("enc_norm", proj)], -1)
     for i in range(2):
         x = nn.gelu(dense(f"hidden{i}", x))
     mu = dense("mean", x)[..., 0]

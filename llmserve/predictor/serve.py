@@ -50,7 +50,11 @@ class Prediction:
 
 
 class LengthPredictor:
-    def __init__(self, params, meta: dict, tokenizer=None):
+    def __init__(self, params, meta: dict, tokenizer=None, encoder=None,
+                 encoder_path: str | None = None):
+        """encoder: the SentenceEncoder of a checkpoint trained with one (meta["encoder"]);
+        None loads it from meta's path (or `encoder_path`, for a moved directory) after
+        checking its fingerprint."""
         self.meta = meta
         self.feature_spec = feat.FeatureSpec.from_dict(meta["feature_spec"])
         self.model_spec = model_lib.ModelSpec(**meta["model_spec"])
@@ -63,6 +67,10 @@ class LengthPredictor:
         self.output_scale = float(meta.get("output_scale", 1.0))
         self._tokenizer = tokenizer
         self._serving = model_lib.serving_params(params)  # kept on device between calls
+        self.encoder = encoder if encoder is not None else _load_encoder(meta, encoder_path)
+        # an EmbeddingCache of this encoder (training and evaluation set one: their prompts
+        # repeat); serving leaves it None, so every prompt is encoded
+        self.embedding_cache = None
 
     @property
     def num_members(self) -> int:
@@ -77,9 +85,12 @@ class LengthPredictor:
 
     # ---- loading -----------------------------------------------------------------------------
     @classmethod
-    def load(cls, path: str, expect_tokenizer: str | None = None) -> LengthPredictor:
+    def load(cls, path: str, expect_tokenizer: str | None = None,
+             encoder_path: str | None = None) -> LengthPredictor:
         """Restore a checkpoint written by train_and_evaluate (the `checkpoint` directory, or
-        the workdir holding it). ValueError names what is missing or incompatible."""
+        the workdir holding it). ValueError names what is missing or incompatible, including
+        a sentence encoder directory that is gone or holds another model (`encoder_path`
+        points at a moved copy)."""
         params, meta = load_checkpoint(path)
         if expect_tokenizer is not None and meta["feature_spec"].get("tokenizer") != \
                 expect_tokenizer:
@@ -87,7 +98,7 @@ class LengthPredictor:
                              f"{meta['feature_spec'].get('tokenizer')!r}, but the serving "
                              f"model is {expect_tokenizer!r}: its token ids would mean "
                              "something else")
-        p = cls(params, meta)
+        p = cls(params, meta, encoder_path=encoder_path)
         p.warmup()
         return p
 
@@ -99,7 +110,7 @@ class LengthPredictor:
         while pad <= max_ngrams:
             z = np.zeros(pad, np.int32)
             b = feat.Batch(z, z, np.zeros(pad, np.float32),
-                           np.zeros((rows, feat.NUM_DENSE), np.float32))
+                           np.zeros((rows, feat.NUM_DENSE), np.float32), self._enc_rows(rows))
             jax.block_until_ready(model_lib.serving_apply(self._serving, b))
             n, pad = n + 1, pad * 2
         return n
@@ -121,17 +132,48 @@ class LengthPredictor:
                     f"{type(p).__name__}")
         return out
 
-    def raw(self, token_ids: Sequence[Sequence[int]]):
-        """-> (mu [K,N], sigma [K,N]) in log(1 + length) and probs [K,N,C]."""
+    def _enc_rows(self, rows: int, emb=None):
+        if self.encoder is None:
+            return None
+        out = np.zeros((rows, self.model_spec.encoder_dim), np.float32)
+        if emb is not None:
+            out[:len(emb)] = emb
+        return out
+
+    def embed(self, token_ids: Sequence[Sequence[int]], texts=None) -> np.ndarray:
+        """Sentence embeddings of the prompts: of texts[i] when given (not None), else of
+        the serving tokenizer's decode of token_ids[i]."""
+        if texts is None:
+            texts = [None] * len(token_ids)
+        texts = [t if t is not None else self.tokenizer.decode(ids)
+                 for ids, t in zip(token_ids, texts)]
+        src = self.embedding_cache if self.embedding_cache is not None else self.encoder
+        return src.embed(texts)
+
+    def raw(self, token_ids: Sequence[Sequence[int]], texts=None):
+        """-> (mu [K,N], sigma [K,N]) in log(1 + length) and probs [K,N,C]. texts: the
+        prompts' texts (or None each) for a sentence encoder; else the ids are decoded."""
         n = len(token_ids)
         rows = max(8, 1 << max(0, n - 1).bit_length())  # bounded number of compiled shapes
         batch = feat.featurize(token_ids, self.feature_spec, rows)
+        if self.encoder is not None:
+            batch.enc = self._enc_rows(rows, self.embed(token_ids, texts))
         mu, sigma, probs = jax.device_get(model_lib.serving_apply(self._serving, batch))
         return mu[:, :n] * self.y_std + self.y_mean, sigma[:, :n] * self.y_std, probs[:, :n]
 
-    def predict(self, prompts) -> Prediction:
+    def predict(self, prompts, texts=None) -> Prediction:
+        """prompts: texts or token-id lists (one prompt or a batch). texts: optionally the
+        known text of id prompts (a sentence encoder then reads it instead of a decode)."""
         ids = self.encode(prompts)
-        mu, sigma, probs = self.raw(ids)
+        if self.encoder is not None:
+            one = isinstance(prompts, str) or (isinstance(prompts, (list, tuple)) and prompts
+                                               and isinstance(prompts[0], (int, np.integer)))
+            batch = [prompts] if one else list(prompts)
+            given = list(texts) if texts is not None else [None] * len(batch)
+            if len(given) != len(batch):
+                raise ValueError(f"predict: {len(given)} texts for {len(batch)} prompts")
+            texts = [p if isinstance(p, str) else t for p, t in zip(batch, given)]
+        mu, sigma, probs = self.raw(ids, texts)
         m = mu.mean(0)
         std = np.sqrt(np.maximum((sigma ** 2 + mu ** 2).mean(0) - m ** 2, 1e-12))
         std = std * self.interval_scale
@@ -156,13 +198,13 @@ class LengthPredictor:
         self.interval_scale = 1.0
         zs = []
         if ds is not None:  # None: trained on validation too, only out-of-bag prompts left
-            p = self.predict(ds.prompts)
+            p = self.predict(ds.prompts, ds.texts)
             pidx, y = ds.per_sample()
             zs.append(np.abs(np.log1p(y) - p.log_mean[pidx]) / p.log_std[pidx])
         if out_of_bag is not None:
             train_ds, mask = out_of_bag
             mask = np.asarray(mask, bool)
-            mu, sigma, _ = self.raw(train_ds.prompts)
+            mu, sigma, _ = self.raw(train_ds.prompts, train_ds.texts)
             cnt = mask.sum(0)
             keep = cnt > 0
             m = np.where(mask, mu, 0).sum(0) / np.maximum(cnt, 1)
@@ -190,6 +232,30 @@ def rescale_checkpoint(src: str, dst: str, output_scale: float) -> str:
     out = os.path.join(os.path.abspath(dst), "checkpoint")
     save_checkpoint(out, params, meta)
     return out
+
+
+def _load_encoder(meta: dict, path: str | None = None):
+    """The sentence encoder a checkpoint was trained with (None if it has none), after checking
+    that its directory still holds the same model."""
+    info = meta.get("encoder")
+    if not info:
+        return None
+    from llmserve.predictor.encoder import SentenceEncoder, fingerprint
+    path = path or info["path"]
+    if not os.path.isdir(path):
+        raise ValueError(f"the predictor was trained with the sentence encoder {info['path']!r} "
+                         f"(features.encoder), but {path!r} does not exist: copy the model "
+                         "there or pass its new location as encoder_path")
+    got = fingerprint(path)
+    if got != info["fingerprint"]:
+        raise ValueError(f"sentence encoder {path!r} has changed since the predictor was "
+                         f"trained: fingerprint {got} (config.json, vocab.txt, safetensors "
+                         f"size), the checkpoint expects {info['fingerprint']}")
+    enc = SentenceEncoder(path, int(info["max_tokens"]))
+    if enc.dim != int(info["dim"]):
+        raise ValueError(f"sentence encoder {path!r} gives {enc.dim}-wide embeddings, the "
+                         f"checkpoint expects {info['dim']}")
+    return enc
 
 
 def _find_dir(path: str) -> str:

@@ -98,8 +98,11 @@ def build_aux_datasets(config, tokenizer, held_out) -> tuple[list, list[str]]:
 class _Encoded:
     """A dataset's bags, dense features and padded targets, built once."""
 
-    def __init__(self, ds, fspec, y_mean, y_std, edges, task=None):
+    def __init__(self, ds, fspec, y_mean, y_std, edges, task=None, enc=None):
         self.task = np.zeros(len(ds), np.int32) if task is None else np.asarray(task, np.int32)
+        self.enc = None if enc is None else np.asarray(enc, np.float32)  # [N, D] embeddings
+        if self.enc is not None and len(self.enc) != len(ds):
+            raise ValueError(f"{len(self.enc)} sentence embeddings for {len(ds)} prompts")
         bags = [feat.hashed_ngrams(p, fspec) for p in ds.prompts]
         self.ids = [b[0] for b in bags]
         self.w = [b[1] for b in bags]
@@ -119,8 +122,9 @@ class _Encoded:
 
         def rows(a):
             return np.concatenate([a[idx], np.zeros((extra,) + a.shape[1:], a.dtype)])
-        return (feat.assemble(ids, w, dense), rows(self.y), rows(self.mask), rows(self.bucket),
-                rows(self.task))
+        enc = None if self.enc is None else rows(self.enc)
+        return (feat.assemble(ids, w, dense, enc), rows(self.y), rows(self.mask),
+                rows(self.bucket), rows(self.task))
 
 
 def _per_prompt_loss(mu, sigma, logits, y, mask, bucket, bucket_weight, beta=0.0, task=None):
@@ -155,12 +159,14 @@ def make_optimizer(tc, total_steps: int):
 
 
 def train_ensemble(train_ds, val_ds, fspec: feat.FeatureSpec, mspec: model_lib.ModelSpec,
-                   tc, edges=BUCKET_EDGES, aux=()):
+                   tc, edges=BUCKET_EDGES, aux=(), train_enc=None, val_enc=None):
     """-> (params with leading [K] axis, normalisation (y_mean, y_std), history).
 
     aux: extra datasets whose lengths come from other responders (task 1, 2, ...: own
     mean/std heads, weight `tc.aux_weight`); they train the shared features only, and
     validation, early stopping and the served head are task 0's.
+    train_enc, val_enc: with mspec.encoder_dim, the sentence embeddings [N, D] of train_ds's
+    prompts followed by aux's, and of val_ds's.
     val_ds None (training on train + validation): no validation metrics, every epoch runs
     and the last epoch's params are kept (needs tc.keep == "last")."""
     t_start = time.perf_counter()
@@ -180,8 +186,13 @@ def train_ensemble(train_ds, val_ds, fspec: feat.FeatureSpec, mspec: model_lib.M
     y_mean, y_std = float(all_y.mean()), float(max(all_y.std(), 1e-3))
     task = np.concatenate([np.full(len(d), t, np.int32)
                            for t, d in enumerate([train_ds, *aux])])
-    tr = _Encoded(data_lib.concat([train_ds, *aux]), fspec, y_mean, y_std, edges, task)
-    va = _Encoded(val_ds, fspec, y_mean, y_std, edges) if val_ds is not None else None
+    if mspec.encoder_dim and (train_enc is None or (val_ds is not None and val_enc is None)):
+        raise ValueError("the model spec takes sentence embeddings (encoder_dim "
+                         f"{mspec.encoder_dim}): pass train_enc and val_enc")
+    tr = _Encoded(data_lib.concat([train_ds, *aux]), fspec, y_mean, y_std, edges, task,
+                  train_enc)
+    va = _Encoded(val_ds, fspec, y_mean, y_std, edges, enc=val_enc) if val_ds is not None \
+        else None
     k = tc.ensemble_size
     rng = np.random.default_rng(tc.seed)
     boot = (rng.poisson(1.0, size=(k, tr.n)) if tc.bootstrap else np.ones((k, tr.n))
@@ -293,12 +304,29 @@ def feature_spec(config) -> feat.FeatureSpec:
                             word_weight=f.get("word_weight", 1.0))
 
 
-def model_spec(config, num_tasks: int = 1) -> model_lib.ModelSpec:
+def model_spec(config, num_tasks: int = 1, encoder_dim: int = 0) -> model_lib.ModelSpec:
     m = config.model
     return model_lib.ModelSpec(table_size=config.features.table_size, embed_dim=m.embed_dim,
                                hidden_dim=m.hidden_dim, num_buckets=len(config.bucket_edges) + 1,
                                dropout=m.dropout, bag_dropout=m.bag_dropout, wide=m.wide,
-                               num_tasks=num_tasks)
+                               num_tasks=num_tasks, encoder_dim=encoder_dim,
+                               encoder_proj=m.get("encoder_proj", 32),
+                               encoder_dropout=m.get("encoder_dropout", 0.0))
+
+
+def sentence_encoder(config):
+    """-> (SentenceEncoder, EmbeddingCache) of config.features.encoder, or (None, None)."""
+    path = config.features.get("encoder", "")
+    if not path:
+        return None, None
+    from llmserve.predictor.encoder import EmbeddingCache, SentenceEncoder
+    enc = SentenceEncoder.load(path, config.features.get("encoder_max_tokens", 256))
+    return enc, EmbeddingCache(enc, config.features.get("encoder_cache_dir", ""))
+
+
+def _texts(ds, tokenizer) -> list[str]:
+    """Each prompt's text, or the serving tokenizer's decode of its ids where none is known."""
+    return [t if t is not None else tokenizer.decode(p) for p, t in zip(ds.prompts, ds.texts)]
 
 
 def save_checkpoint(path: str, params, meta: dict) -> None:
@@ -316,20 +344,34 @@ def fit_predictor(config, train, val, test, tokenizer, desc: str = ""):
     aux, aux_desc = build_aux_datasets(config, tokenizer, [val, test])
     for line in aux_desc:
         logging.info("auxiliary data: %s", line)
-    fspec, mspec = feature_spec(config), model_spec(config, num_tasks=1 + len(aux))
+    encoder, cache = sentence_encoder(config)
+    fspec = feature_spec(config)
+    mspec = model_spec(config, num_tasks=1 + len(aux),
+                       encoder_dim=encoder.dim if encoder is not None else 0)
     on_val = bool(config.data.get("train_on_val", False))
     fit = data_lib.concat([train, val]) if on_val else train
     if on_val:
         logging.info("training on train + validation (%d prompts), %d epochs, last kept",
                      len(fit), config.train.num_epochs)
+    train_enc = val_enc = None
+    if encoder is not None:
+        t0 = time.perf_counter()
+        train_enc = cache.embed(_texts(data_lib.concat([fit, *aux]), tokenizer))
+        val_enc = None if on_val else cache.embed(_texts(val, tokenizer))
+        logging.info("sentence embeddings (%s, %d tokens): %.1fs", encoder.path,
+                     encoder.max_tokens, time.perf_counter() - t0)
     params, info = train_ensemble(fit, None if on_val else val, fspec, mspec, config.train,
-                                  tuple(config.bucket_edges), aux)
+                                  tuple(config.bucket_edges), aux, train_enc, val_enc)
     meta = {"format": FORMAT, "feature_spec": fspec.to_dict(), "model_spec": mspec.to_dict(),
                 "ensemble_size": config.train.ensemble_size, "y_mean": info["y_mean"],
                 "y_std": info["y_std"], "bucket_edges": list(config.bucket_edges),
                 "interval": float(config.interval), "interval_scale": 1.0,
                 "config": json.loads(config.to_json()), "data": desc}
-    predictor = LengthPredictor(params, meta, tokenizer=tokenizer)
+    if encoder is not None:
+        meta["encoder"] = {"path": encoder.path, "fingerprint": encoder.fingerprint,
+                           "max_tokens": encoder.max_tokens, "dim": encoder.dim}
+    predictor = LengthPredictor(params, meta, tokenizer=tokenizer, encoder=encoder)
+    predictor.embedding_cache = cache
     if config.calibrate_interval:
         oob = (fit, info["out_of_bag"]) if (config.calibrate_out_of_bag and
                                             info["out_of_bag"] is not None) else None
@@ -346,6 +388,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
     split, write workdir/checkpoint (Orbax) and workdir/metrics.json. -> the metrics."""
     from llmserve.predictor.evaluate import score_predictor
     os.makedirs(workdir, exist_ok=True)
+    if config.features.get("encoder") and not config.features.get("encoder_cache_dir"):
+        config = config.copy_and_resolve_references()
+        config.features.encoder_cache_dir = os.path.join(os.path.abspath(workdir),
+                                                         "encoder_cache")
     tokenizer = data_lib.tokenizer_for(config.tokenizer)
     train, val, test, desc = build_datasets(config, tokenizer)
     logging.info("data: %s -> %d/%d/%d prompts (train/val/test), %d/%d/%d samples", desc,
