@@ -108,7 +108,7 @@ def summarize(out_dir: str, extra: dict | None = None) -> tuple[dict, str]:
             out.append(f"  {i['case']}: decode {i['decode_us']:.1f} us, ragged "
                        f"{i['ragged_us']:.1f} us (x{i['ragged_over_decode']:.2f})")
     a = st.get("autotune", {})
-    out.append(_table("autotune (decode, then ragged)", ["case", "us", "%copy/%roof"],
+    out.append(_table("autotune (ragged, then decode)", ["case", "us", "%copy/%roof"],
                       [[i["case"][:60], _fmt(i["us"]),
                         _fmt(100 * i.get("frac_copy_bw", i.get("frac_roofline", 0)), ".0f")]
                        for i in a.get("items", [])]))
@@ -119,8 +119,10 @@ def summarize(out_dir: str, extra: dict | None = None) -> tuple[dict, str]:
     c = st.get("confirm", {})
     out.append(_table("confirm (best autotune configs and the default, same process)",
                       ["case", "us", "%copy/%roof"],
-                      [[i["case"][:64], _fmt(i["us"]),
-                        _fmt(100 * i.get("frac_copy_bw", i.get("frac_roofline", 0)), ".0f")]
+                      [[i["case"][:64], _fmt(i.get("us", i.get("layer_us"))),
+                        _fmt(100 * i.get("frac_copy_bw", i.get("frac_roofline",
+                                                             i.get("layer_frac_roofline", 0))),
+                             ".0f")]
                        for i in c.get("items", [])]))
     errs = [(n, e) for n, s in st.items() if isinstance(s, dict)
             and isinstance(s.get("errors"), list) for e in s["errors"] if isinstance(e, dict)]

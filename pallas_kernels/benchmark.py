@@ -514,7 +514,7 @@ def stage_ragged(rec: Recorder, profile: str, interpret: bool, ref_mem_limit: fl
             rec.error(name, e)
 
 
-def _ragged_layer_stack(args, q_lens, ctx, model, dtype, bw, interpret, num_layers):
+def _ragged_layer_stack(args, q_lens, ctx, model, dtype, bw, interpret, num_layers, cfg=None):
     """The mixed batch through num_layers chained calls in one jit, each layer with its own
     K/V pools (as in the engine, whose unrolled layers share one step's metadata): XLA
     computes the tile lists once (common-subexpression elimination; a test checks it on the
@@ -526,15 +526,17 @@ def _ragged_layer_stack(args, q_lens, ctx, model, dtype, bw, interpret, num_laye
 
     def stack(q, kps, vps, bt, sl, qsl, n):
         for k, v in zip(kps, vps):   # each layer's query depends on the previous output
-            q = ragged_paged_attention(q, k, v, bt, sl, qsl, n, interpret=interpret)
+            q = ragged_paged_attention(q, k, v, bt, sl, qsl, n, interpret=interpret,
+                                       **(cfg or {}))
         return q
 
     t = time_fn(jax.jit(stack), (q, kps, vps, bt, sl, qsl, n), reps=5, inner=3)
     roof = ragged_roofline(q_lens, ctx, model, dtype, bw["gbps"])
     per_layer = t["median_s"] / num_layers
     del kps, vps
-    return {"case": f"ragged per layer ({num_layers}-layer stack, own K/V pools)",
-            "num_layers": num_layers, "layer_us": per_layer * 1e6,
+    name = "" if cfg is None else f" {tuning.config_name(cfg)}"
+    return {"case": f"ragged per layer{name} ({num_layers}-layer stack, own K/V pools)",
+            "config": cfg, "num_layers": num_layers, "layer_us": per_layer * 1e6,
             "layer_frac_roofline": roof["roofline_s"] / per_layer}
 
 
@@ -569,17 +571,36 @@ def _time_ragged_config(rec, name, cfg, args, roof, interpret, reps=5):
 
 
 def stage_autotune(rec: Recorder, profile: str, interpret: bool):
-    """A small sweep of decode block configs (then split counts) and ragged configs."""
+    """A small sweep of ragged configs, then of decode block configs (then split counts)."""
     bw = copy_bandwidth(2**31 if profile != "smoke" else 2**22)
     rec.set("copy_bandwidth", bw)
     if profile == "smoke":
         shapes, model, sweep = [(2, 128)], _model_of("small"), tuning.DECODE_SWEEP[:3]
         rsweep = tuning.RAGGED_SWEEP[:2]
     else:
-        shapes, model = [(64, 2048), (1, 8192), (256, 8192)], "llama3-8b"
+        # (8, 2048) last: small batches, where 4 stages looked slower than 3 in run 3
+        shapes, model = [(64, 2048), (1, 8192), (256, 8192), (8, 2048)], "llama3-8b"
         sweep, rsweep = tuning.DECODE_SWEEP, tuning.RAGGED_SWEEP
     dtype = jnp.bfloat16
     best = {}
+    # The ragged sweep first: its target is the open one, and a budget cut short by the
+    # decode shapes would lose it.
+    q_lens, ctx, num_tokens, num_slots, rmodel = _ragged_problem(profile)
+    rmodel = _model_of(rmodel)
+    args = ragged_inputs(1, q_lens, ctx, rmodel, num_tokens=num_tokens, num_slots=num_slots,
+                         dtype=dtype)
+    roof = ragged_roofline(q_lens, ctx, rmodel, dtype, bw["gbps"])
+    rres = []
+    for cfg in rsweep:
+        name = f"ragged mixed {tuning.config_name(cfg)}"
+        if rec.can_start(name, 3.0):
+            item = _time_ragged_config(rec, name, cfg, args, roof, interpret, reps=3)
+            rres += [item] if item else []
+    if rres:
+        top = min(rres, key=lambda r: r["us"])
+        rec.set("best_ragged", {"config": top["config"], "us": top["us"],
+                                "frac_roofline": top["frac_roofline"]})
+    del args
     for batch, ctx in shapes:
         args = decode_inputs(batch + ctx, batch, ctx, model, PAGE_SIZE, dtype)
         nbytes = decode_bytes(np.asarray(args[4]), model, 2)
@@ -614,22 +635,6 @@ def stage_autotune(rec: Recorder, profile: str, interpret: bool):
                                         if results[0]["config"] == sweep[0] else None}
         rec.set("best_decode", best)
         del args
-    # ragged sweep on the mixed batch
-    q_lens, ctx, num_tokens, num_slots, rmodel = _ragged_problem(profile)
-    rmodel = _model_of(rmodel)
-    args = ragged_inputs(1, q_lens, ctx, rmodel, num_tokens=num_tokens, num_slots=num_slots,
-                         dtype=dtype)
-    roof = ragged_roofline(q_lens, ctx, rmodel, dtype, bw["gbps"])
-    rres = []
-    for cfg in rsweep:
-        name = f"ragged mixed {tuning.config_name(cfg)}"
-        if rec.can_start(name, 3.0):
-            item = _time_ragged_config(rec, name, cfg, args, roof, interpret, reps=3)
-            rres += [item] if item else []
-    if rres:
-        top = min(rres, key=lambda r: r["us"])
-        rec.set("best_ragged", {"config": top["config"], "us": top["us"],
-                                "frac_roofline": top["frac_roofline"]})
 
 
 def _rank_configs(items, shapes):
@@ -645,9 +650,9 @@ def _rank_configs(items, shapes):
 
 
 def stage_confirm(rec: Recorder, profile: str, interpret: bool):
-    """The autotune's two best decode configs (and the default) at the four target shapes,
-    and its two best ragged configs (and the default) on the mixed batch, in one process:
-    the figures the defaults are chosen from."""
+    """The autotune's two best ragged configs (and the default) on the mixed batch, single
+    call and per layer of a stack, then its two best decode configs (and the default) at
+    the four target shapes, in one process: the figures the defaults are chosen from."""
     path = os.path.join(os.path.dirname(rec.path), "autotune.json")
     with open(path) as f:
         at = json.load(f)
@@ -659,18 +664,6 @@ def stage_confirm(rec: Recorder, profile: str, interpret: bool):
     else:
         tuned, model = [(64, 2048), (256, 8192)], "llama3-8b"
         targets = [(64, 2048), (256, 2048), (64, 8192), (256, 8192)]
-    ranked = _rank_configs(at.get("items", []), [tuple(x) for x in tuned])[:2]
-    configs = ranked + [c for c in [tuning.DECODE_SWEEP[0]] if c not in ranked]
-    rec.set("decode_configs", configs)
-    for batch, ctx in targets:
-        args = decode_inputs(batch * 3 + ctx, batch, ctx, model, PAGE_SIZE, dtype)
-        nbytes = decode_bytes(np.asarray(args[4]), model, 2)
-        for cfg in configs:
-            name = f"decode B={batch} ctx={ctx} {tuning.config_name(cfg)}"
-            if rec.can_start(name, 3.0):
-                _time_decode_config(rec, name, cfg, args, nbytes, bw, interpret,
-                                    shape=[batch, ctx])
-        del args
     rres = sorted((i for i in at.get("items", []) if "frac_roofline" in i),
                   key=lambda i: i["us"])
     rconfigs = [i["config"] for i in rres[:2]]
@@ -684,6 +677,26 @@ def stage_confirm(rec: Recorder, profile: str, interpret: bool):
         name = f"ragged mixed {tuning.config_name(cfg)}"
         if rec.can_start(name, 3.0):
             _time_ragged_config(rec, name, cfg, args, roof, interpret)
+        if rec.can_start(f"ragged per layer {tuning.config_name(cfg)}", 8.0):
+            try:
+                rec.add(_ragged_layer_stack(args, q_lens, ctx, rmodel, dtype, bw, interpret,
+                                            num_layers=4 if profile != "smoke" else 2,
+                                            cfg=cfg))
+            except Exception as e:
+                rec.error(f"ragged per layer {tuning.config_name(cfg)}", e)
+    del args
+    ranked = _rank_configs(at.get("items", []), [tuple(x) for x in tuned])[:2]
+    configs = ranked + [c for c in [tuning.DECODE_SWEEP[0]] if c not in ranked]
+    rec.set("decode_configs", configs)
+    for batch, ctx in targets:
+        args = decode_inputs(batch * 3 + ctx, batch, ctx, model, PAGE_SIZE, dtype)
+        nbytes = decode_bytes(np.asarray(args[4]), model, 2)
+        for cfg in configs:
+            name = f"decode B={batch} ctx={ctx} {tuning.config_name(cfg)}"
+            if rec.can_start(name, 3.0):
+                _time_decode_config(rec, name, cfg, args, nbytes, bw, interpret,
+                                    shape=[batch, ctx])
+        del args
 
 
 def stage_profile(rec: Recorder, profile: str, interpret: bool):

@@ -13,9 +13,10 @@
 #                     version's loop, Llama-3-8B bf16, batch 1/8/64/256 x context
 #                     512/2k/8k, GB/s and % of copy                               ~50-70 s
 #   ragged            512-token chunk + 63 decodes vs roofline, reference, first
-#                     version; pure decode through both kernels                   ~15-25 s
-#   autotune          decode block configs x 3 shapes, split counts; ragged configs ~60 s
-#   confirm           the best two decode / ragged configs + defaults, target shapes ~20 s
+#                     version, per layer of a 4-layer stack; the glue alone; pure
+#                     decode through both kernels                                 ~15-25 s
+#   autotune          ragged configs; decode block configs x 4 shapes, split counts ~60 s
+#   confirm           the best two ragged (+ per layer) / decode configs + defaults ~35 s
 #   summary           results.json + tables (also in summary.txt)                  ~1 s
 #   engine            scripts/engine_gpu_bench.py, if it exists (timeout 150)
 #   ncu               if ncu exists, per kernel while >= 50 s are left: Nsight Compute's
@@ -80,7 +81,7 @@ run_stage env,correctness 45 70
 run_stage decode 70 95
 run_stage ragged 25 50
 run_stage autotune 70 95
-run_stage confirm 30 50
+run_stage confirm 45 65
 
 say "summary"
 timeout 30 "$PY" scripts/kernel_bench.py --stage=summary --out_dir="$OUT_DIR" \
