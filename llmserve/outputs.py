@@ -47,6 +47,11 @@ class RequestOutput:
     # Per output token: SamplingParams.top_logprobs (token id, logprob) pairs, most likely
     # first; None when not asked for.
     top_logprobs: list[list[tuple[int, float]]] | None = None
+    # SamplingParams.prompt_logprobs set: per prompt token, None for the first (nothing
+    # predicts it) and for any not computed yet, else [(the prompt token, its logprob), then
+    # the prompt_logprobs most likely (token, logprob), most likely first]. None when not
+    # asked for.
+    prompt_logprobs: list[list[tuple[int, float]] | None] | None = None
 
     @classmethod
     def from_request(cls, req: Request, text: str | None) -> RequestOutput:
@@ -60,4 +65,6 @@ class RequestOutput:
                                    req.first_token_time, req.finish_time, req.num_prompt_tokens,
                                    req.num_output_tokens, req.num_preemptions),
             top_logprobs=(list(req.output_top_logprobs) if req.sampling_params.top_logprobs
-                          else None))
+                          else None),
+            prompt_logprobs=(None if req.prompt_logprobs is None
+                             else list(req.prompt_logprobs)))

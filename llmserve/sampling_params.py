@@ -19,13 +19,23 @@ class SamplingParams:
     # Also return the top_logprobs most likely tokens at each step (0..MAX_TOP_LOGPROBS, 0 =
     # none); asking for them implies logprobs.
     top_logprobs: int = 0
+    # Logprobs of the prompt's own tokens (vLLM's prompt_logprobs): None = off; 0 = the
+    # logprob of each prompt token given the tokens before it; k > 0 = also the k most likely
+    # tokens at each prompt position (k <= MAX_TOP_LOGPROBS). max_tokens may then be 0: the
+    # request ends after its prefill, with no output token.
+    prompt_logprobs: int | None = None
 
     def __post_init__(self):
         def bad(field, expected, value):
             raise ValueError(f"SamplingParams.{field} must be {expected}, got {value!r}")
+        pl = self.prompt_logprobs
+        if pl is not None and (isinstance(pl, bool) or not isinstance(pl, int)
+                               or not 0 <= pl <= MAX_TOP_LOGPROBS):
+            bad("prompt_logprobs", f"None or an int in [0, {MAX_TOP_LOGPROBS}]", pl)
+        least = 0 if pl is not None else 1
         if isinstance(self.max_tokens, bool) or not isinstance(self.max_tokens, int) \
-                or self.max_tokens < 1:
-            bad("max_tokens", "an int >= 1", self.max_tokens)
+                or self.max_tokens < least:
+            bad("max_tokens", "an int >= 1 (0 only with prompt_logprobs set)", self.max_tokens)
         if not isinstance(self.temperature, (int, float)) or not self.temperature >= 0:
             bad("temperature", "a float >= 0", self.temperature)
         if not isinstance(self.top_p, (int, float)) or not 0 < self.top_p <= 1:

@@ -29,3 +29,24 @@ def generate(eng, prompts, sps):
             if o.finished:
                 done[o.request_id] = o
     return [done[i] for i in ids]
+
+
+def reference_logprobs(seq: list[int]):
+    """An independent forward: the whole sequence in one dense prefill of the tiny model,
+    log_softmax in numpy (float64). Returns [len(seq), V]: row i is the distribution of the
+    token after seq[i]."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    from llmserve.model.attention import dense_metadata
+    from llmserve.model.kv_cache import init_kv_cache
+    from llmserve.model.transformer import forward
+    cfg, params, _ = tiny_model()
+    bs, n = 16, len(seq)
+    nblocks = -(-n // bs)
+    md = dense_metadata([n], bs, nblocks + 1)
+    logits, _ = forward(params, cfg, jnp.asarray(seq, jnp.int32),
+                        jnp.arange(n, dtype=jnp.int32), init_kv_cache(cfg, nblocks + 1, bs), md)
+    x = np.asarray(logits, np.float64)
+    x = x - x.max(-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))

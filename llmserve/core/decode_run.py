@@ -105,6 +105,7 @@ def plan(sched, token: int, max_steps: int) -> DecodeRun | None:
         c = req.num_computed_tokens
         if (req.status is not _RUNNING or token in req.stop_ids
                 or req.sampling_params.logprobs
+                or req.prompt_logprobs is not None
                 or (caching and req.num_hashed_blocks != c // bs)):
             return None
         if c != len(req.token_ids) - 1:

@@ -53,6 +53,7 @@ class Request:
         "output_logprobs",
         "output_top_logprobs",
         "predicted_num_output_tokens",
+        "prompt_logprobs",
         "predicted_spread",
         "prompt_text",
         "prompt_token_ids",
@@ -82,6 +83,12 @@ class Request:
         self.output_logprobs: list[float] = []
         # Per output token, its top_logprobs alternatives (SamplingParams.top_logprobs > 0).
         self.output_top_logprobs: list[list[tuple[int, float]]] = []
+        # SamplingParams.prompt_logprobs: one entry per prompt position, None until computed
+        # (and always for position 0, which nothing predicts): [(prompt token, its logprob),
+        # then the k most likely (token, logprob)]. Kept by position, so a prompt recomputed
+        # after preemption fills nothing twice.
+        self.prompt_logprobs: list | None = (
+            None if sampling_params.prompt_logprobs is None else [None] * self.num_prompt_tokens)
         self.num_computed_tokens = 0
         self.block_ids: list[int] = []
         self.status = RequestStatus.WAITING
@@ -111,6 +118,10 @@ class Request:
         # What the runner needs to sample, fixed for the request's life.
         self.sampling_tuple = (sp.temperature, sp.top_k, sp.top_p,
                                sp.seed if sp.seed is not None else seed, sp.top_logprobs)
+        if sp.prompt_logprobs is not None:
+            # The runner needs each prompt row's next prompt token (its target), also across
+            # chunk boundaries: the whole prompt rides along (a reference, not a copy).
+            self.sampling_tuple += (sp.prompt_logprobs, self.prompt_token_ids)
 
     @property
     def num_tokens(self) -> int:

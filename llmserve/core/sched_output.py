@@ -31,7 +31,8 @@ class ScheduledRequest:
     block_ids: list[int]        # the request's block table (read-only view)
     sample: bool                # whether this step ends at the last token, so samples one
     token_index: int            # index of the output token sampled (the sampling key)
-    sampling: tuple             # (temperature, top_k, top_p, seed[, top_logprobs])
+    # (temperature, top_k, top_p, seed, top_logprobs[, prompt_logprobs, prompt token ids])
+    sampling: tuple
     num_padding_tokens: int = 0  # static batching: dummy rows after token_ids (see above)
 
 
@@ -62,3 +63,8 @@ class RunnerOutput:
     # req_id -> [(token id, logprob)] most likely first, for requests that asked for
     # SamplingParams.top_logprobs (that many entries each).
     top_logprobs: dict[str, list[tuple[int, float]]] = dataclasses.field(default_factory=dict)
+    # req_id -> (position p0, logprobs, alternatives) for requests with prompt_logprobs whose
+    # step computed prompt rows: logprobs[i] is that of prompt token p0 + i + 1 given the
+    # tokens before it; alternatives[i] its k most likely (token, logprob), or None (k = 0).
+    prompt_logprobs: dict[str, tuple[int, list[float], list | None]] = dataclasses.field(
+        default_factory=dict)

@@ -446,7 +446,10 @@ class Scheduler:
             req = waiting.peek(now)
             if req is None:
                 break
-            hits = bm.match_prefix(req) if caching else ()
+            # A request asking for prompt logprobs computes its whole prompt: cached blocks
+            # would skip the rows whose logits it needs (vLLM does the same). It still
+            # offers its own blocks to the cache.
+            hits = bm.match_prefix(req) if caching and req.prompt_logprobs is None else ()
             n = req.num_tokens - req.num_computed_tokens - len(hits) * cfg.block_size
             if n > budget:
                 if not cfg.chunked_prefill:
@@ -507,6 +510,8 @@ class Scheduler:
         bs = self.config.block_size
         added = 0
         preempted = _PREEMPTED
+        if runner_out.prompt_logprobs:
+            self._store_prompt_logprobs(runner_out.prompt_logprobs)
         for req, n in self._scheduled:
             if req.status > preempted:      # aborted while the step ran
                 continue
@@ -534,7 +539,17 @@ class Scheduler:
             if len(toks) < req.max_num_tokens and tok not in req.stop_ids:
                 append_changed(req)
                 continue
-            status = self._stop_status(req, tok)
+            if len(toks) > req.max_num_tokens:
+                # max_tokens=0 (prompt logprobs only): the computed prompt is the whole
+                # request; the token this step sampled is taken back (off the fast path).
+                del toks[-1], req.token_times[-1]
+                if req.sampling_params.logprobs:
+                    del req.output_logprobs[-1]
+                    if req.sampling_params.top_logprobs:
+                        del req.output_top_logprobs[-1]
+                status = RequestStatus.FINISHED_LENGTH
+            else:
+                status = self._stop_status(req, tok)
             if status is not None:
                 self._kv_tokens += added
                 added = 0
@@ -550,6 +565,18 @@ class Scheduler:
         self.stats.update_ns += dt
         self._record(dt)
         return changed
+
+    def _store_prompt_logprobs(self, computed: dict) -> None:
+        for rid, (p0, lps, tops) in computed.items():
+            req = self.requests.get(rid)
+            if req is None or req.prompt_logprobs is None:    # finished or aborted meanwhile
+                continue
+            prompt = req.prompt_token_ids
+            slots = req.prompt_logprobs
+            for i, lp in enumerate(lps):
+                j = p0 + i + 1
+                if slots[j] is None:     # recomputed after preemption: already there
+                    slots[j] = [(prompt[j], lp)] + (tops[i] if tops is not None else [])
 
     def _after_update(self) -> None:
         """Hook for the static scheduler (batch end)."""

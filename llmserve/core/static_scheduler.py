@@ -56,7 +56,8 @@ class StaticBatchScheduler(Scheduler):
             req = waiting.peek(now)
             if req is None:
                 break
-            hits = bm.match_prefix(req) if caching else ()
+            # No cache hits for prompt logprobs: see Scheduler._admit.
+            hits = bm.match_prefix(req) if caching and req.prompt_logprobs is None else ()
             n = req.num_tokens - len(hits) * bs
             if not bm.allocate_slots(req, n, 0, self._reservation(req), hits,
                                      req.num_tokens if caching else 0):

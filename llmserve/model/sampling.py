@@ -54,3 +54,16 @@ def top_logprobs(logits, k: int):
     k = min(k, logits.shape[-1])
     lps, ids = jax.lax.top_k(jax.nn.log_softmax(logits, axis=-1), k)
     return ids.astype(jnp.int32), lps
+
+
+def prompt_logprobs(logits, targets, k: int):
+    """logits [T, V] of every token row, targets [T] int: the token that follows each row.
+    Returns (logprob of each row's target [T], and when k > 0 the k most likely tokens of each
+    row: ids [T, k] int32, logprobs [T, k]), under log_softmax of the unmodified logits like
+    the output tokens' logprobs."""
+    lsm = jax.nn.log_softmax(logits, axis=-1)
+    chosen = jnp.take_along_axis(lsm, targets[:, None], axis=-1)[:, 0]
+    if not k:
+        return (chosen,)
+    lps, ids = jax.lax.top_k(lsm, min(k, logits.shape[-1]))
+    return chosen, ids.astype(jnp.int32), lps

@@ -12,7 +12,7 @@ from llmserve.core.sched_output import RunnerOutput, SchedulerOutput
 from llmserve.model.attention import AttentionMetadata
 from llmserve.model.config import ModelConfig
 from llmserve.model.kv_cache import init_kv_cache
-from llmserve.model.sampling import sample, top_logprobs
+from llmserve.model.sampling import prompt_logprobs, sample, top_logprobs
 from llmserve.model.transformer import forward
 from llmserve.runner.buckets import Buckets
 from llmserve.sampling_params import MAX_TOP_LOGPROBS
@@ -33,23 +33,44 @@ class RunnerStats:
         return len(self.compiled_shapes)
 
 
+# The prompt-logprobs variants of the step (with_prompt): off, each prompt row's target
+# logprob only, or that plus the top MAX_TOP_LOGPROBS tokens of each row.
+PROMPT_OFF, PROMPT_CHOSEN, PROMPT_TOP = 0, 1, 2
+
+
 def _step_fn(params, kv_cache, batch, cfg: ModelConfig, attention_impl: str, decode_only: bool,
-             attention_fn=None, with_top: bool = False):
+             attention_fn=None, with_top: bool = False, with_prompt: int = PROMPT_OFF):
     md = AttentionMetadata(batch["slot_mapping"], batch["query_start_loc"], batch["seq_lens"],
                            batch["block_tables"], batch["num_seqs"], decode_only)
-    logits, kv_cache = forward(params, cfg, batch["token_ids"], batch["positions"], kv_cache, md,
-                               batch["logits_indices"], attention_impl, attention_fn)
+    if with_prompt:
+        # The vocabulary projection of every row (T x V), paid only in this variant; the
+        # sampled rows are read from it, and only the gathered values leave the device.
+        all_logits, kv_cache = forward(params, cfg, batch["token_ids"], batch["positions"],
+                                       kv_cache, md, None, attention_impl, attention_fn)
+        logits = all_logits[batch["logits_indices"]]
+    else:
+        logits, kv_cache = forward(params, cfg, batch["token_ids"], batch["positions"],
+                                   kv_cache, md, batch["logits_indices"], attention_impl,
+                                   attention_fn)
     tokens, logprobs = sample(logits, batch["temperature"], batch["top_k"], batch["top_p"],
                               batch["seeds"], batch["token_index"])
-    if with_top:
-        # A separate static variant, compiled only once a request asks: the default step
+    if with_top or with_prompt:
+        # Separate static variants, compiled only once a step needs them: the default step
         # (and its transfer) stays as it was. Nested in the logprobs slot so the TP step's
         # out_shardings (tokens, logprobs, cache) still describe it as a prefix.
-        logprobs = (logprobs, *top_logprobs(logits, MAX_TOP_LOGPROBS))
+        extra = {"chosen": logprobs}
+        if with_top:
+            extra["top"] = top_logprobs(logits, MAX_TOP_LOGPROBS)
+        if with_prompt:
+            extra["prompt"] = prompt_logprobs(
+                all_logits, batch["prompt_targets"],
+                MAX_TOP_LOGPROBS if with_prompt == PROMPT_TOP else 0)
+        logprobs = extra
     return tokens, logprobs, kv_cache
 
 
-_step = jax.jit(_step_fn, static_argnames=("cfg", "attention_impl", "decode_only", "with_top"),
+_step = jax.jit(_step_fn, static_argnames=("cfg", "attention_impl", "decode_only", "with_top",
+                                           "with_prompt"),
                 donate_argnums=(1,))
 
 
@@ -73,29 +94,68 @@ class JaxRunner:
             params = sharding.shard_params(params, self.mesh, cfg)
             self.kv_cache = sharding.init_sharded_kv_cache(self.mesh, cfg, num_kv_blocks,
                                                            block_size, kv_dtype)
-            # One jitted executable per (decode_only, with_top) value: jit takes no kwargs
-            # (the static ones) together with in_shardings, so they are bound first.
-            attend = sharding.head_parallel_attention(self.mesh)
-            steps = {(d, w): sharding.jit_sharded_step(functools.partial(
-                _step_fn, cfg=cfg, attention_impl=attention_impl, decode_only=d,
-                attention_fn=attend, with_top=w), self.mesh, cfg)
-                for d in (False, True) for w in (False, True)}
-            self._tp_steps = {d: steps[d, False] for d in (False, True)}
-            self._tp_top_steps = {d: steps[d, True] for d in (False, True)}
+            self._tp_attend = sharding.head_parallel_attention(self.mesh)
+            # Every variant is built when first needed; _tp_steps names the default ones.
+            self._tp_variants = {}
+            self._tp_steps = {d: self._tp_step((d, False, PROMPT_OFF)) for d in (False, True)}
         else:
             self.kv_cache = init_kv_cache(cfg, num_kv_blocks, block_size, kv_dtype)
         self.params = params
         self.stats = RunnerStats()
 
-    def _run_step(self, batch, decode_only: bool, with_top: bool = False):
+    def _tp_step(self, variant: tuple):
+        """The jitted TP step of one (decode_only, with_top, with_prompt) variant, built when
+        first needed: jit takes no kwargs (the static ones) together with in_shardings, so
+        they are bound first."""
+        step = self._tp_variants.get(variant)
+        if step is None:
+            from llmserve.model import sharding
+            d, w, p = variant
+            step = sharding.jit_sharded_step(functools.partial(
+                _step_fn, cfg=self.cfg, attention_impl=self.attention_impl, decode_only=d,
+                attention_fn=self._tp_attend, with_top=w, with_prompt=p), self.mesh, self.cfg)
+            self._tp_variants[variant] = step
+        return step
+
+    def _run_step(self, batch, decode_only: bool, with_top: bool = False,
+                  with_prompt: int = PROMPT_OFF):
         if self.mesh is not None:
-            steps = self._tp_top_steps if with_top else self._tp_steps
-            return steps[decode_only](self.params, self.kv_cache, batch)
-        # with_top is passed only when set: the default variant is called exactly as before,
-        # so it hits the same jit cache entry as warmup.
-        top = {"with_top": True} if with_top else {}
+            step = self._tp_step((decode_only, with_top, with_prompt))
+            return step(self.params, self.kv_cache, batch)
+        # The variant flags are passed only when set: the default variant is called exactly as
+        # before, so it hits the same jit cache entry as warmup.
+        extra = {}
+        if with_top:
+            extra["with_top"] = True
+        if with_prompt:
+            extra["with_prompt"] = with_prompt
         return _step(self.params, self.kv_cache, batch, cfg=self.cfg,
-                     attention_impl=self.attention_impl, decode_only=decode_only, **top)
+                     attention_impl=self.attention_impl, decode_only=decode_only, **extra)
+
+    @staticmethod
+    def _prompt_rows(sched_out: SchedulerOutput, batch: dict) -> list[tuple]:
+        """Requests with prompt_logprobs whose rows this step include prompt positions that a
+        prompt token follows: (req_id, first row, first position, row count, k). Writes each
+        row's target (the next prompt token) into batch["prompt_targets"] when any."""
+        rows = []
+        targets = None
+        qsl = batch["query_start_loc"]
+        for i, r in enumerate(sched_out.scheduled):
+            if len(r.sampling) <= 5:
+                continue
+            k, prompt = r.sampling[5], r.sampling[6]
+            p0 = r.start_pos
+            # The last prompt position predicts the first output token, not a prompt token.
+            count = min(p0 + len(r.token_ids), len(prompt) - 1) - p0
+            if count <= 0:
+                continue
+            if targets is None:
+                targets = batch["prompt_targets"] = np.zeros(batch["token_ids"].shape[0],
+                                                             np.int32)
+            off = int(qsl[i])
+            targets[off:off + count] = prompt[p0 + 1:p0 + 1 + count]
+            rows.append((r.req_id, off, p0, count, k))
+        return rows
 
     # ---- host side -------------------------------------------------------------------------
     def _empty_batch(self, T: int, S: int, B: int, n_tok: int) -> dict:
@@ -168,10 +228,15 @@ class JaxRunner:
         # Requests asking for alternatives: (index in the batch, how many).
         want_top = [(i, r.sampling[4]) for i, r in enumerate(sched_out.scheduled)
                     if r.sample and len(r.sampling) > 4 and r.sampling[4]]
-        tokens, logprobs, self.kv_cache = self._run_step(batch, shape[3], bool(want_top))
+        prompt_rows = self._prompt_rows(sched_out, batch)
+        with_prompt = PROMPT_OFF if not prompt_rows else (
+            PROMPT_TOP if any(k for *_, k in prompt_rows) else PROMPT_CHOSEN)
+        tokens, logprobs, self.kv_cache = self._run_step(batch, shape[3], bool(want_top),
+                                                         with_prompt)
         tokens, logprobs = jax.device_get((tokens, logprobs))   # one transfer
-        if want_top:
-            logprobs, top_ids, top_lps = logprobs
+        extra = None
+        if want_top or with_prompt:
+            extra, logprobs = logprobs, logprobs["chosen"]
         t2 = time.perf_counter()
         st = self.stats
         st.num_steps += 1
@@ -180,17 +245,31 @@ class JaxRunner:
         st.real_tokens += sched_out.num_scheduled_tokens
         st.scheduling_padding_tokens += sched_out.num_padding_tokens
         st.padded_tokens += shape[0] - sched_out.num_computed_slots
-        st.compiled_shapes.add(shape + ("top",) if want_top else shape)
+        tags = (("top",) if want_top else ()) + (
+            ("prompt", "prompt_top" if with_prompt == PROMPT_TOP else "prompt_chosen")
+            if with_prompt else ())
+        st.compiled_shapes.add(shape + tags)
         sampled, lps = {}, {}
         for i, r in enumerate(sched_out.scheduled):
             if r.sample:
                 sampled[r.req_id] = int(tokens[i])
                 lps[r.req_id] = float(logprobs[i])
         tops = {}
-        for i, n in want_top:
-            tops[sched_out.scheduled[i].req_id] = list(zip(top_ids[i, :n].tolist(),
-                                                           top_lps[i, :n].tolist()))
-        return RunnerOutput(sampled, lps, t2 - t0, tops)
+        if want_top:
+            top_ids, top_lps = extra["top"]
+            for i, n in want_top:
+                tops[sched_out.scheduled[i].req_id] = list(zip(top_ids[i, :n].tolist(),
+                                                               top_lps[i, :n].tolist()))
+        plps = {}
+        if with_prompt:
+            got = extra["prompt"]
+            for rid, off, p0, count, k in prompt_rows:
+                alts = None
+                if k:
+                    ids, vals = got[1][off:off + count, :k], got[2][off:off + count, :k]
+                    alts = [list(zip(a, b)) for a, b in zip(ids.tolist(), vals.tolist())]
+                plps[rid] = (p0, got[0][off:off + count].tolist(), alts)
+        return RunnerOutput(sampled, lps, t2 - t0, tops, plps)
 
     def warmup(self, shapes=None) -> int:
         """Compile every bucket shape (or the given ones) ahead of serving. Returns the count."""

@@ -8,6 +8,11 @@ def mock_token(seed: int, token_index: int, vocab_size: int) -> int:
     return (seed * 1_000_003 + token_index * 7919 + 17) % vocab_size
 
 
+def mock_prompt_logprob(position: int) -> float:
+    """The mock logprob of the prompt token after `position`: distinct per position."""
+    return -(position + 1) / 1024
+
+
 class MockRunner:
     def __init__(self, vocab_size: int = 1000, step_time_s: float = 0.0):
         self.vocab_size = vocab_size
@@ -25,4 +30,23 @@ class MockRunner:
                            for j in range(s.sampling[4])]
                 for s in sched_out.scheduled
                 if s.sample and len(s.sampling) > 4 and s.sampling[4]}
-        return RunnerOutput(sampled, {k: 0.0 for k in sampled}, self.step_time_s, tops)
+        return RunnerOutput(sampled, {k: 0.0 for k in sampled}, self.step_time_s, tops,
+                            self._prompt_logprobs(sched_out))
+
+    def _prompt_logprobs(self, sched_out: SchedulerOutput) -> dict:
+        """Prompt logprobs as the JaxRunner reports them, each a function of its position
+        (mock_prompt_logprob), alternatives k ids after the target at -1, -2, ..."""
+        out = {}
+        for s in sched_out.scheduled:
+            if len(s.sampling) <= 5:
+                continue
+            k, prompt = s.sampling[5], s.sampling[6]
+            p0 = s.start_pos
+            count = min(p0 + len(s.token_ids), len(prompt) - 1) - p0
+            if count > 0:
+                alts = None if not k else [
+                    [((prompt[p + 1] + j) % self.vocab_size, -float(j + 1)) for j in range(k)]
+                    for p in range(p0, p0 + count)]
+                out[s.req_id] = (p0, [mock_prompt_logprob(p) for p in range(p0, p0 + count)],
+                                 alts)
+        return out

@@ -1,15 +1,11 @@
 """Top-N logprobs end to end on the tiny model, checked against an independent forward: the
 whole sequence (prompt + generated tokens) in one dense prefill, log_softmax in numpy."""
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from engine_utils import engine, generate, tiny_model
+from engine_utils import engine, generate, reference_logprobs
 from llmserve.config import EngineConfig
 from llmserve.engine import LLMEngine
-from llmserve.model.attention import dense_metadata
-from llmserve.model.kv_cache import init_kv_cache
-from llmserve.model.transformer import forward
 from llmserve.runner.jax_runner import JaxRunner
 from llmserve.runner.mock_runner import MockRunner
 from llmserve.sampling_params import SamplingParams
@@ -20,19 +16,6 @@ KW = dict(max_num_seqs=4, max_num_batched_tokens=64, max_model_len=128)
 def prompts_of(lengths, seed=0):
     rng = np.random.default_rng(seed)
     return [[int(t) for t in rng.integers(0, 256, n)] for n in lengths]
-
-
-def reference_logprobs(seq: list[int]) -> np.ndarray:
-    """log_softmax of every position's logits [len(seq), V], float64."""
-    cfg, params, _ = tiny_model()
-    bs, n = 16, len(seq)
-    nblocks = -(-n // bs)
-    md = dense_metadata([n], bs, nblocks + 1)
-    logits, _ = forward(params, cfg, jnp.asarray(seq, jnp.int32),
-                        jnp.arange(n, dtype=jnp.int32), init_kv_cache(cfg, nblocks + 1, bs), md)
-    x = np.asarray(logits, np.float64)
-    x = x - x.max(-1, keepdims=True)
-    return x - np.log(np.exp(x).sum(-1, keepdims=True))
 
 
 def test_sampling_params_top_logprobs_validated_and_implies_logprobs():
