@@ -125,6 +125,7 @@ class _Call:
     created: int
     sp: SamplingParams
     stop: tuple[str, ...]
+    echo: str | None = None     # completions echo=true: the prompt text the choice starts with
 
     @property
     def logprobs(self) -> bool:
@@ -207,15 +208,23 @@ def build_app(engine, settings: ServerSettings | None = None,
                            "stop", "invalid_value")
         if stop and not all(stop):
             raise APIError(400, "stop strings must be non-empty", "stop", "invalid_value")
+        echo = None
+        prompt_lps = None
+        if not chat and req.echo:
+            echo = prompt if isinstance(prompt, str) else tok.decode(ids)
+            # With logprobs the prompt's come first; max_tokens=0 (what lm-eval-harness
+            # sends for loglikelihoods) needs them asked of the engine in any case.
+            prompt_lps = req.logprobs if req.logprobs is not None else (
+                0 if max_tokens == 0 else None)
         sp = SamplingParams(max_tokens=max_tokens, temperature=req.temperature,
                             top_p=req.top_p, top_k=req.top_k, seed=req.seed,
                             stop_token_ids=tuple(req.stop_token_ids or ()),
                             ignore_eos=req.ignore_eos,
                             logprobs=bool(req.logprobs) if chat else req.logprobs is not None,
                             top_logprobs=(req.top_logprobs or 0) if chat else
-                            (req.logprobs or 0))
+                            (req.logprobs or 0), prompt_logprobs=prompt_lps)
         return _Call(chat, req, ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex,
-                     list(ids), P.now(), sp, tuple(stop or ()))
+                     list(ids), P.now(), sp, tuple(stop or ()), echo)
 
     # ---- response bodies ------------------------------------------------------------------
     def choice_logprobs(call: _Call, token_ids, logprobs, offset: int, tops=None):
@@ -231,14 +240,25 @@ def build_app(engine, settings: ServerSettings | None = None,
             return P.chat_logprobs(tok, token_ids, logprobs, tops)
         return P.completion_logprobs(tok, token_ids, logprobs, offset, tops)
 
+    def with_echo(call: _Call, out, lp):
+        """Prepend the echoed prompt's logprobs to the completion's (offsets already after
+        the prompt text)."""
+        if call.echo is None or lp is None:
+            return lp
+        head = P.echo_logprobs(tok, out.prompt_token_ids, out.prompt_logprobs,
+                               bool(call.sp.top_logprobs))
+        return P.join_logprobs(head, lp)
+
     def full_response(call: _Call, out) -> dict:
-        lp = choice_logprobs(call, out.token_ids, out.logprobs or [], 0, out.top_logprobs)
+        echo = call.echo or ""
+        lp = with_echo(call, out, choice_logprobs(call, out.token_ids, out.logprobs or [],
+                                                  len(echo), out.top_logprobs))
         if call.chat:
             choice = {"index": 0, "message": {"role": "assistant", "content": out.text or ""},
                       "logprobs": lp, "finish_reason": out.finish_reason}
             obj = "chat.completion"
         else:
-            choice = {"index": 0, "text": out.text or "", "logprobs": lp,
+            choice = {"index": 0, "text": echo + (out.text or ""), "logprobs": lp,
                       "finish_reason": out.finish_reason}
             obj = "text_completion"
         return {"id": call.rid, "object": obj, "created": call.created,
@@ -264,6 +284,12 @@ def build_app(engine, settings: ServerSettings | None = None,
 
     async def sse(call: _Call, agen, first):
         sent_text, sent_toks, out = "", 0, first
+        # echo: the prompt, and its logprobs, go in the first chunk.
+        echo = call.echo or ""
+        pending_echo = call.echo is not None
+        # text_offset of the next token: the sum of the sent tokens' texts, as in the
+        # non-streamed response (the text itself lags while a character's bytes are split).
+        off = len(echo)
         try:
             if call.chat:
                 yield chunk(call, "", None, None, role=True)
@@ -271,11 +297,15 @@ def build_app(engine, settings: ServerSettings | None = None,
                 text = out.text or ""
                 delta = text[len(sent_text):]
                 new = out.token_ids[sent_toks:]
-                if delta or out.finished or (call.logprobs and new):
+                if delta or out.finished or (call.logprobs and new) or pending_echo:
                     tops = out.top_logprobs
-                    lp = choice_logprobs(call, new, (out.logprobs or [])[sent_toks:],
-                                         len(sent_text),
+                    lp = choice_logprobs(call, new, (out.logprobs or [])[sent_toks:], off,
                                          None if tops is None else tops[sent_toks:])
+                    if lp is not None and not call.chat:
+                        off += sum(map(len, lp["tokens"]))
+                    if pending_echo:
+                        lp, delta = with_echo(call, out, lp), echo + delta
+                        pending_echo = False
                     yield chunk(call, delta, out.finish_reason if out.finished else None, lp)
                 sent_text, sent_toks = text, len(out.token_ids)
                 if out.finished:

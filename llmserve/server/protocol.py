@@ -69,8 +69,9 @@ class CompletionRequest(_Sampling):
         if self.best_of not in (None, 1):
             return APIError(400, f"best_of={self.best_of} is not supported: only 1",
                             "best_of", "unsupported")
-        if self.echo:
-            return APIError(400, "echo is not supported", "echo", "unsupported")
+        if self.max_tokens == 0 and not self.echo:
+            return APIError(400, "max_tokens=0 needs echo=true (the prompt, and with logprobs "
+                            "its logprobs, alone)", "max_tokens", "invalid_value")
         if self.suffix is not None:
             return APIError(400, "suffix is not supported", "suffix", "unsupported")
         if self.logprobs is not None and not 0 <= self.logprobs <= MAX_COMPLETION_LOGPROBS:
@@ -169,14 +170,39 @@ def completion_logprobs(tokenizer, token_ids, logprobs, text_offset: int, tops=N
     if tops is not None:
         # OpenAI's shape: {token text: logprob}. Two ids that decode to the same text (byte
         # fragments of one character) share a key; the more likely one, listed first, wins.
+        # None alternatives (an echoed prompt's first token) stay null.
         top = []
         for alts in tops:
+            if alts is None:
+                top.append(None)
+                continue
             d = {}
             for t, lp in alts:
                 d.setdefault(tokenizer.decode([t]), lp)
             top.append(d)
     return {"tokens": toks, "token_logprobs": list(logprobs), "top_logprobs": top,
             "text_offset": offsets}
+
+
+def echo_logprobs(tokenizer, prompt_ids, prompt_logprobs, with_top: bool) -> dict:
+    """The echoed prompt's part of a completion's logprobs (offsets from 0): its first token
+    has no logprob (null, as OpenAI and vLLM). prompt_logprobs: RequestOutput.prompt_logprobs
+    (None: the backend returned none, every value null). Alternatives, as vLLM: the top
+    tokens, then the prompt token itself when it is not among them."""
+    entries = prompt_logprobs or [None] * len(prompt_ids)
+    lps = [None if e is None else e[0][1] for e in entries]
+    tops = None
+    if with_top:
+        tops = [None if e is None else e[1:] + e[:1] for e in entries]
+    return completion_logprobs(tokenizer, prompt_ids, lps, 0, tops)
+
+
+def join_logprobs(a: dict, b: dict) -> dict:
+    """Two completion logprobs objects, a's tokens first."""
+    top = None if a["top_logprobs"] is None else a["top_logprobs"] + b["top_logprobs"]
+    return {"tokens": a["tokens"] + b["tokens"],
+            "token_logprobs": a["token_logprobs"] + b["token_logprobs"], "top_logprobs": top,
+            "text_offset": a["text_offset"] + b["text_offset"]}
 
 
 def _chat_entry(tokenizer, t: int, lp: float) -> dict:
