@@ -95,8 +95,9 @@ class ReplicaServer:
         self._wake.set()
 
     def poll(self, wait_s: float = 0.05) -> tuple[list[dict], dict]:
-        """(deltas, load): each delta {id, tokens, logprobs, top_logprobs, finished, finish_reason,
-        num_preemptions} or {id, error}; tokens are the new ones since the last poll."""
+        """(deltas, load): each delta {id, tokens, logprobs, top_logprobs, finished,
+        finish_reason, num_preemptions[, prompt_logprobs in a request's first]} or {id, error};
+        tokens are the new ones since the last poll."""
         with self._cv:
             if not self._out:
                 self._cv.wait(wait_s)
@@ -144,6 +145,9 @@ class ReplicaServer:
                      "finished": req.is_finished,
                      "finish_reason": req.finish_reason.value if req.finish_reason else None,
                      "num_preemptions": req.num_preemptions}
+                if n == 0 and req.prompt_logprobs is not None:
+                    # Complete by the first delta (a request changes once its prefill is done).
+                    d["prompt_logprobs"] = list(req.prompt_logprobs)
                 if req.is_finished:
                     del self._sent[rid]
                 else:
@@ -181,6 +185,8 @@ class ReplicaServer:
                     d = {**d, "tokens": prev["tokens"] + d["tokens"],
                          **{k: None if d[k] is None else prev[k] + d[k]
                             for k in ("logprobs", "top_logprobs")}}
+                    if "prompt_logprobs" in prev:
+                        d["prompt_logprobs"] = prev["prompt_logprobs"]
                 out[d["id"]] = d
             if deltas:
                 self._cv.notify_all()
@@ -215,6 +221,7 @@ class _Flight:
     tokens: list = dataclasses.field(default_factory=list)
     logprobs: list | None = None
     top_logprobs: list | None = None
+    prompt_logprobs: list | None = None
     emitted: int = 0                 # tokens already delivered to the listener
     first_token_time: float | None = None
     attempts: int = 0
@@ -481,7 +488,7 @@ class RayRouter:
                 self.policy.on_finish(rid, replica)
                 # From scratch: the replica's KV cache (and any partial output) died with it.
                 f.tokens = []
-                f.logprobs = f.top_logprobs = None
+                f.logprobs = f.top_logprobs = f.prompt_logprobs = None
                 self.num_rerouted += 1
                 self._dispatch(f)
             old = self.actors[replica]
@@ -607,6 +614,8 @@ class RayRouter:
                     f.logprobs = (f.logprobs or []) + d["logprobs"]
                 if d.get("top_logprobs") is not None:
                     f.top_logprobs = (f.top_logprobs or []) + d["top_logprobs"]
+                if d.get("prompt_logprobs") is not None:
+                    f.prompt_logprobs = d["prompt_logprobs"]
                 if f.first_token_time is None and f.tokens:
                     f.first_token_time = now
                 finished = d["finished"]
@@ -632,6 +641,8 @@ class RayRouter:
             finish_reason=d["finish_reason"] if finished else None,
             logprobs=list(f.logprobs) if f.logprobs is not None else None,
             top_logprobs=list(f.top_logprobs) if f.top_logprobs is not None else None,
+            prompt_logprobs=(list(f.prompt_logprobs) if f.prompt_logprobs is not None
+                             else None),
             metrics=RequestMetrics(f.arrival, None, f.first_token_time,
                                    now if finished else None, len(f.prompt_ids),
                                    len(f.tokens), d["num_preemptions"]))

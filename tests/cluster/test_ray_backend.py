@@ -77,6 +77,23 @@ def test_logprobs_and_top_logprobs_cross_the_replicas(router):
             np.testing.assert_allclose([v for _, v in got], [v for _, v in exp], atol=1e-5)
 
 
+def test_prompt_logprobs_cross_the_replicas(router):
+    """Prompt logprobs (and max_tokens=0, the prompt alone) come back through Ray as the
+    single engine gives them."""
+    prompts = _prompts(2, 6)
+    sps = [SamplingParams(max_tokens=0, prompt_logprobs=2),
+           SamplingParams(max_tokens=4, temperature=0.0, prompt_logprobs=0)]
+    outs = router.generate(prompts, sps)
+    want = generate(engine(**ENGINE_KW), prompts, sps)
+    assert outs[0].token_ids == [] and outs[0].finish_reason == "length"
+    for o, w in zip(outs, want):
+        assert o.token_ids == w.token_ids
+        assert len(o.prompt_logprobs) == len(w.prompt_logprobs) and o.prompt_logprobs[0] is None
+        for got, exp in zip(o.prompt_logprobs[1:], w.prompt_logprobs[1:]):
+            assert [t for t, _ in got] == [t for t, _ in exp]
+            np.testing.assert_allclose([v for _, v in got], [v for _, v in exp], atol=1e-5)
+
+
 def test_sampled_requests_get_a_seed_of_their_own(router):
     # Same id and prompt -> same tokens whichever replica runs it (what a recompute after a
     # replica death relies on); a different id draws differently.
