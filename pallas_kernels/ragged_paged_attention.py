@@ -273,10 +273,14 @@ def _ragged_pallas(q, k_pages, v_pages, block_tables, seq_lens, query_start_loc,
     # Zeros: rows no tile covers (padding beyond query_start_loc[num_seqs]) stay zero.
     out = jnp.zeros_like(qg)
     classes = []
-    for block_q, lo, hi, n in tile_plan(num_tokens, num_slots, group, block_q_rows):
-        if n > 0:
-            classes.append((block_q, query_tiles(qsl, lens, num_seqs, block_q=block_q,
-                                                 min_q_len=lo, max_q_len=hi, num_tiles=n)))
+    # Named so a test can find these ops in compiled HLO: the layers of an engine step
+    # share one copy of them (CSE), which the GPU check's per-layer figure relies on.
+    with jax.named_scope("ragged_tile_lists"):
+        for block_q, lo, hi, n in tile_plan(num_tokens, num_slots, group, block_q_rows):
+            if n > 0:
+                classes.append((block_q, query_tiles(qsl, lens, num_seqs, block_q=block_q,
+                                                     min_q_len=lo, max_q_len=hi,
+                                                     num_tiles=n)))
     call = functools.partial(_ragged_call, bt=block_tables, qg=qg, k_pages=k_pages,
                              v_pages=v_pages, block_kv=block_kv,
                              scale_log2=float(sm_scale) * LOG2E, prefetch_rows=prefetch_rows,

@@ -147,13 +147,12 @@ def _stack_hlo(share_metadata: bool, num_layers: int = 3) -> str:
 
 
 def test_layers_share_one_set_of_tile_lists():
-    """The engine's layers are unrolled in one jit and pass the same metadata: XLA's CSE
-    computes the tile lists once per step, not once per layer, which is why the GPU check's
-    per-layer figure (scripts/gpu_check.sh, ragged stage) counts the glue once per stack.
-    The prefill class's cumsum (an s32 reduce-window) marks each copy of the tile lists;
-    with per-layer metadata the count is the layer count, so the marker does see copies."""
-    def cumsums(text):
+    """Chained calls with the same metadata (the engine's unrolled layers) keep one copy of
+    the tile lists after XLA's CSE; with per-layer metadata there are about three, so the
+    count does see copies. The ops are found by their jax.named_scope, "ragged_tile_lists"."""
+    def count(text):
         return sum(1 for line in text.splitlines()
-                   if "reduce-window(" in line and "= s32[" in line)
-    assert cumsums(_stack_hlo(share_metadata=True)) == 1
-    assert cumsums(_stack_hlo(share_metadata=False)) == 3
+                   if " = " in line and "ragged_tile_lists" in line)
+    shared, own = count(_stack_hlo(share_metadata=True)), count(_stack_hlo(share_metadata=False))
+    assert shared > 0
+    assert own > 2 * shared      # about 3x: fusion may duplicate a few cheap ops either way
