@@ -44,10 +44,16 @@ class SamplingParams:
             bad("top_k", "an int >= -1 (-1 or 0 disables top-k)", self.top_k)
         if self.seed is not None and (not isinstance(self.seed, int) or not 0 <= self.seed < 2**32):
             bad("seed", "None or an int in [0, 2**32)", self.seed)
-        stops = tuple(self.stop_token_ids)
+        try:
+            stops = tuple(self.stop_token_ids)
+        except TypeError:
+            bad("stop_token_ids", "a sequence of non-negative ints", self.stop_token_ids)
         if any(isinstance(t, bool) or not isinstance(t, int) or t < 0 for t in stops):
             bad("stop_token_ids", "a sequence of non-negative ints", self.stop_token_ids)
         object.__setattr__(self, "stop_token_ids", stops)
+        for field in ("ignore_eos", "logprobs"):
+            if not isinstance(getattr(self, field), bool):
+                bad(field, "a bool", getattr(self, field))
         tl = self.top_logprobs
         if isinstance(tl, bool) or not isinstance(tl, int) or not 0 <= tl <= MAX_TOP_LOGPROBS:
             bad("top_logprobs", f"an int in [0, {MAX_TOP_LOGPROBS}]", tl)

@@ -127,6 +127,9 @@ def test_bad_requests_raise_and_leak_nothing(prompt, sp, match):
     (dict(top_p=0.0), r"top_p must be a float in \(0, 1\]"),
     (dict(top_p=1.5), r"top_p must be a float in \(0, 1\]"),
     (dict(top_k=-2), "top_k must be an int >= -1"),
+    (dict(stop_token_ids=5), "stop_token_ids must be a sequence of non-negative ints, got 5"),
+    (dict(logprobs=-1), "logprobs must be a bool, got -1"),
+    (dict(ignore_eos="yes"), "ignore_eos must be a bool, got 'yes'"),
 ])
 def test_bad_sampling_params(kw, match):
     with pytest.raises(ValueError, match=match):
