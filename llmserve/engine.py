@@ -13,6 +13,7 @@ from llmserve.core.request import Request
 from llmserve.core.scheduler import create_scheduler
 from llmserve.outputs import RequestOutput
 from llmserve.sampling_params import SamplingParams
+from llmserve.tokenizer import decode_continuation
 
 
 def _resolve_model(config: EngineConfig):
@@ -177,7 +178,8 @@ class LLMEngine:
     def _output(self, req: Request) -> RequestOutput:
         text = None
         if req.is_finished and self.tokenizer is not None:
-            text = self.tokenizer.decode(req.output_token_ids)
+            text = decode_continuation(self.tokenizer, req.prompt_token_ids,
+                                       req.output_token_ids)
         return RequestOutput.from_request(req, text)
 
 

@@ -156,6 +156,28 @@ class HFTokenizer:
         return f"HFTokenizer({self.path!r}, vocab_size={self.vocab_size})"
 
 
+def decode_continuation(tokenizer, context: Sequence[int], ids: Sequence[int],
+                        window: int = 8) -> str:
+    """The text `ids` add after `context` (the prompt, or the prompt and earlier output).
+
+    A SentencePiece-style tokenizer (Llama-2, Mistral: a Metaspace decoder) drops the leading
+    space of whatever it decodes first, so decode(output) alone loses the space between the
+    prompt and the first output word (prompt + text != the decoded whole, unlike vLLM and
+    transformers). Decoding the last `window` context tokens with the ids and cutting off the
+    context's own text keeps it. Falls back to decode(ids) when the context ends inside a
+    character (its text is then not a prefix of the joint text). Byte-level and ids-only
+    tokenizers decode each token on its own, so they take the plain path.
+    """
+    if not isinstance(tokenizer, HFTokenizer) or not context:
+        return tokenizer.decode(ids)
+    ctx = [int(t) for t in context[-window:]]
+    head = tokenizer.decode(ctx)
+    full = tokenizer.decode(ctx + [int(t) for t in ids])
+    if head.endswith("\ufffd") or not full.startswith(head):
+        return tokenizer.decode(ids)
+    return full[len(head):]
+
+
 def load_tokenizer(path: str | None, cfg: ModelConfig):
     """The tokenizer for a model: see the module docstring for the choice."""
     if path is not None and os.path.isfile(os.path.join(os.fspath(path), "tokenizer.json")):

@@ -120,3 +120,22 @@ def test_llama3_rope_scaling_is_exercised():
     logits, _ = fwd(params, plain, np.asarray(prompt, np.int32), np.arange(n, dtype=np.int32),
                     init_kv_cache(plain, 8, 16), md)
     assert float(np.abs(np.asarray(logits) - _golden("llama")["logits_7"]).max()) > 1e-2
+
+
+def test_generated_text_continues_the_prompt_text():
+    # prompt text + output text must be the text of the whole sequence: a SentencePiece
+    # tokenizer (the llama fixture) drops a leading space when the output is decoded alone.
+    # Near-uniform sampling (fixed seeds) makes some outputs start with a '▁' piece.
+    from llmserve import LLM, SamplingParams
+    llm = LLM(os.path.join(FIX, "llama"), max_model_len=128)
+    tok = llm.engine.tokenizer
+    prompts = ["Hello", "The cat", "is it"] * 16
+    sps = [SamplingParams(max_tokens=3, temperature=20.0, seed=i, ignore_eos=True)
+           for i in range(len(prompts))]
+    spaced = 0
+    for o in llm.generate(prompts, sps):
+        head = tok.decode(o.prompt_token_ids)
+        whole = tok.decode(o.prompt_token_ids + o.token_ids)
+        assert head + o.text == whole, (head, o.text, whole)
+        spaced += o.text.startswith(" ")
+    assert spaced, "no output began with a space: the test checks nothing"

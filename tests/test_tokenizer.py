@@ -16,6 +16,7 @@ from llmserve.tokenizer import (
     HFTokenizer,
     TokenIdsOnly,
     Tokenizer,
+    decode_continuation,
     load_tokenizer,
 )
 
@@ -139,3 +140,18 @@ def test_load_tokenizer_choice(tmp_path):
             tok.encode("hello")
         assert tok.decode([5, 6]) == "5 6"
         assert tok.vocab_size == cfg.vocab_size and tok.eos_token_ids == cfg.eos_token_ids
+
+
+def test_decode_continuation_keeps_the_space_after_the_prompt():
+    # The fixture is SentencePiece-style (Metaspace): decoding the continuation alone drops
+    # the space that separates it from the prompt.
+    tok = HFTokenizer(LLAMA)
+    prompt = tok.encode("Hello")
+    whole = tok.encode("Hello world")
+    assert whole[:len(prompt)] == prompt
+    cont = whole[len(prompt):]
+    assert tok.decode(cont) == "world"              # the defect decode_continuation avoids
+    assert decode_continuation(tok, prompt, cont) == " world"
+    assert decode_continuation(tok, [], cont) == "world"
+    byte = ByteTokenizer()
+    assert decode_continuation(byte, byte.encode("a"), byte.encode(" b")[1:]) == " b"

@@ -736,7 +736,7 @@ class RayRouterClient:
         if self._draining:
             raise EngineShutdownError("the server is shutting down and accepts no new requests")
         stop = validate_stop(stop)
-        self.router.validate(prompt, sampling_params)
+        ids = self.router.validate(prompt, sampling_params)
         if request_id in self._active:
             raise ValueError(f"request_id {request_id!r} is already in use")
         if self.max_waiting_requests and \
@@ -752,7 +752,7 @@ class RayRouterClient:
             except RuntimeError:      # the event loop is closed: nobody is listening
                 pass
 
-        tracker = TextTracker(self.tokenizer, stop)
+        tracker = TextTracker(self.tokenizer, stop, ids)
         self._active.add(request_id)
         finished = False
         try:

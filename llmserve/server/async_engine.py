@@ -39,6 +39,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from llmserve.outputs import RequestOutput
 from llmserve.sampling_params import SamplingParams
+from llmserve.tokenizer import decode_continuation
 
 log = logging.getLogger("llmserve.server")
 
@@ -96,10 +97,11 @@ class TextTracker:
     it may be the first bytes of a character the next token completes.
     """
 
-    __slots__ = ("checked", "stop", "text", "tokenizer")
+    __slots__ = ("checked", "context", "stop", "text", "tokenizer")
 
-    def __init__(self, tokenizer, stop: tuple[str, ...]):
+    def __init__(self, tokenizer, stop: tuple[str, ...], context: Sequence[int] = ()):
         self.tokenizer = tokenizer
+        self.context = list(context[-8:])     # prompt tail: see decode_continuation
         self.stop = stop
         self.text = ""
         self.checked = 0          # text before this offset holds no stop string
@@ -108,7 +110,7 @@ class TextTracker:
         """Recompute the text; True if a stop string was found (text cut before it)."""
         if self.tokenizer is None:
             return False
-        text = self.tokenizer.decode(token_ids)
+        text = decode_continuation(self.tokenizer, self.context, token_ids)
         if not finished:
             text = text.rstrip("\ufffd")
         if not self.stop:
@@ -222,7 +224,7 @@ class AsyncLLMEngine:
             raise ValueError(f"request_id {request_id!r} is already in use")
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
-        tracker = TextTracker(self.tokenizer, stop)
+        tracker = TextTracker(self.tokenizer, stop, ids)
         self._active.add(request_id)
         self._submit(("add", request_id, ids, sampling_params, _Stream(loop, queue, tracker)))
         finished = False

@@ -123,3 +123,21 @@ def test_snapshot_queued_before_an_error_is_delivered_first():
                 got.append(o)
         return got
     assert asyncio.run(main()) == [snap]
+
+
+def test_streamed_text_keeps_the_space_after_the_prompt():
+    # The llama fixture's SentencePiece tokenizer drops the leading space of whatever it
+    # decodes first; the tracker decodes the output after the prompt's tail instead, so the
+    # streamed text continues the prompt as the whole sequence's text does.
+    import os
+
+    from llmserve.server.async_engine import TextTracker
+    from llmserve.tokenizer import HFTokenizer
+    tok = HFTokenizer(os.path.join(os.path.dirname(__file__), "..", "fixtures", "hf", "llama"))
+    prompt = tok.encode("Hello")
+    cont = tok.encode("Hello world")[len(prompt):]
+    tr = TextTracker(tok, (), prompt)
+    assert not tr.update(cont[:2], False) and tr.text == " wor"
+    assert not tr.update(cont, True) and tr.text == " world"
+    tr = TextTracker(tok, ("ld",), prompt)
+    assert tr.update(cont, True) and tr.text == " wor"
