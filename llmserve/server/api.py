@@ -227,7 +227,7 @@ def build_app(engine, settings: ServerSettings | None = None,
                      list(ids), P.now(), sp, tuple(stop or ()), echo)
 
     # ---- response bodies ------------------------------------------------------------------
-    def choice_logprobs(call: _Call, token_ids, logprobs, offset: int, tops=None):
+    def choice_logprobs(call: _Call, token_ids, logprobs, offset: int, tops=None, context=()):
         if not call.logprobs:
             return None
         if call.sp.top_logprobs and tops is None:
@@ -237,8 +237,8 @@ def build_app(engine, settings: ServerSettings | None = None,
         elif not call.sp.top_logprobs:
             tops = None
         if call.chat:
-            return P.chat_logprobs(tok, token_ids, logprobs, tops)
-        return P.completion_logprobs(tok, token_ids, logprobs, offset, tops)
+            return P.chat_logprobs(tok, token_ids, logprobs, tops, context)
+        return P.completion_logprobs(tok, token_ids, logprobs, offset, tops, context)
 
     def with_echo(call: _Call, out, lp):
         """Prepend the echoed prompt's logprobs to the completion's (offsets already after
@@ -252,7 +252,8 @@ def build_app(engine, settings: ServerSettings | None = None,
     def full_response(call: _Call, out) -> dict:
         echo = call.echo or ""
         lp = with_echo(call, out, choice_logprobs(call, out.token_ids, out.logprobs or [],
-                                                  len(echo), out.top_logprobs))
+                                                  len(echo), out.top_logprobs,
+                                                  out.prompt_token_ids))
         if call.chat:
             choice = {"index": 0, "message": {"role": "assistant", "content": out.text or ""},
                       "logprobs": lp, "finish_reason": out.finish_reason}
@@ -300,7 +301,8 @@ def build_app(engine, settings: ServerSettings | None = None,
                 if delta or out.finished or (call.logprobs and new) or pending_echo:
                     tops = out.top_logprobs
                     lp = choice_logprobs(call, new, (out.logprobs or [])[sent_toks:], off,
-                                         None if tops is None else tops[sent_toks:])
+                                         None if tops is None else tops[sent_toks:],
+                                         out.prompt_token_ids[-8:] + out.token_ids[:sent_toks])
                     if lp is not None and not call.chat:
                         off += sum(map(len, lp["tokens"]))
                     if pending_echo:

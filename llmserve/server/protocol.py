@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from llmserve.sampling_params import MAX_TOP_LOGPROBS
 from llmserve.server.errors import APIError
+from llmserve.tokenizer import decode_continuation
 
 MAX_COMPLETION_LOGPROBS = 5     # OpenAI's limit for /v1/completions logprobs
 
@@ -159,9 +160,22 @@ def usage(num_prompt: int, num_output: int) -> dict:
             "total_tokens": num_prompt + num_output}
 
 
-def completion_logprobs(tokenizer, token_ids, logprobs, text_offset: int, tops=None) -> dict:
-    """tops: per token, its [(token id, logprob)] alternatives (None: logprobs=0, none)."""
-    toks = [tokenizer.decode([t]) for t in token_ids]
+def _contexts(context, token_ids) -> list[list[int]]:
+    """The few ids before each token: a token's text is what it adds after them
+    (decode_continuation), so a SentencePiece word piece keeps its leading space."""
+    ctx, out = [int(t) for t in context[-8:]], []
+    for t in token_ids:
+        out.append(ctx)
+        ctx = (ctx + [int(t)])[-8:]
+    return out
+
+
+def completion_logprobs(tokenizer, token_ids, logprobs, text_offset: int, tops=None,
+                        context=()) -> dict:
+    """tops: per token, its [(token id, logprob)] alternatives (None: logprobs=0, none).
+    context: the ids before token_ids (the prompt, and earlier output when streaming)."""
+    ctxs = _contexts(context, token_ids)
+    toks = [decode_continuation(tokenizer, c, [t]) for c, t in zip(ctxs, token_ids)]
     offsets = []
     for t in toks:
         offsets.append(text_offset)
@@ -172,13 +186,13 @@ def completion_logprobs(tokenizer, token_ids, logprobs, text_offset: int, tops=N
         # fragments of one character) share a key; the more likely one, listed first, wins.
         # None alternatives (an echoed prompt's first token) stay null.
         top = []
-        for alts in tops:
+        for c, alts in zip(ctxs, tops):
             if alts is None:
                 top.append(None)
                 continue
             d = {}
             for t, lp in alts:
-                d.setdefault(tokenizer.decode([t]), lp)
+                d.setdefault(decode_continuation(tokenizer, c, [t]), lp)
             top.append(d)
     return {"tokens": toks, "token_logprobs": list(logprobs), "top_logprobs": top,
             "text_offset": offsets}
@@ -205,18 +219,20 @@ def join_logprobs(a: dict, b: dict) -> dict:
             "text_offset": a["text_offset"] + b["text_offset"]}
 
 
-def _chat_entry(tokenizer, t: int, lp: float) -> dict:
-    s = tokenizer.decode([t])
+def _chat_entry(tokenizer, t: int, lp: float, context) -> dict:
+    s = decode_continuation(tokenizer, context, [t])
     return {"token": s, "logprob": lp, "bytes": list(s.encode("utf-8"))}
 
 
-def chat_logprobs(tokenizer, token_ids, logprobs, tops=None) -> dict:
-    """tops: per token, its [(token id, logprob)] alternatives (None: top_logprobs=0)."""
+def chat_logprobs(tokenizer, token_ids, logprobs, tops=None, context=()) -> dict:
+    """tops: per token, its [(token id, logprob)] alternatives (None: top_logprobs=0).
+    context: as completion_logprobs."""
     out = []
+    ctxs = _contexts(context, token_ids)
     for i, (t, lp) in enumerate(zip(token_ids, logprobs)):
-        e = _chat_entry(tokenizer, t, lp)
+        e = _chat_entry(tokenizer, t, lp, ctxs[i])
         e["top_logprobs"] = ([] if tops is None else
-                             [_chat_entry(tokenizer, a, alp) for a, alp in tops[i]])
+                             [_chat_entry(tokenizer, a, alp, ctxs[i]) for a, alp in tops[i]])
         out.append(e)
     return {"content": out}
 

@@ -141,3 +141,28 @@ def test_streamed_text_keeps_the_space_after_the_prompt():
     assert not tr.update(cont, True) and tr.text == " world"
     tr = TextTracker(tok, ("ld",), prompt)
     assert tr.update(cont, True) and tr.text == " wor"
+
+
+def test_logprob_token_texts_keep_their_spaces():
+    # Per-token texts of completions/chat logprobs: with a SentencePiece tokenizer each
+    # piece decoded alone loses its leading space, so the tokens did not add up to the text
+    # and text_offset drifted. Each is now what it adds after the tokens before it.
+    import os
+
+    from llmserve.server import protocol as P
+    from llmserve.tokenizer import HFTokenizer
+    tok = HFTokenizer(os.path.join(os.path.dirname(__file__), "..", "fixtures", "hf", "llama"))
+    prompt = tok.encode("Hello")
+    cont = tok.encode("Hello world")[len(prompt):]
+    lp = P.completion_logprobs(tok, cont, [-1.0] * len(cont), 5,
+                               [[(t, -1.0)] for t in cont], context=prompt)
+    assert "".join(lp["tokens"]) == " world"
+    assert lp["text_offset"][0] == 5 and lp["top_logprobs"][0] == {lp["tokens"][0]: -1.0}
+    whole = tok.encode("Hello  world, the cat")
+    echo = P.echo_logprobs(tok, whole, None, False)
+    assert "".join(echo["tokens"]) == "Hello  world, the cat"
+    text = "".join(echo["tokens"])
+    assert all(text[o:o + len(t)] == t for o, t in zip(echo["text_offset"], echo["tokens"]))
+    chat = P.chat_logprobs(tok, cont, [-1.0] * len(cont), context=prompt)["content"]
+    assert "".join(e["token"] for e in chat) == " world"
+    assert chat[0]["bytes"] == list(chat[0]["token"].encode())
