@@ -70,6 +70,9 @@ class CompletionRequest(_Sampling):
         if self.best_of not in (None, 1):
             return APIError(400, f"best_of={self.best_of} is not supported: only 1",
                             "best_of", "unsupported")
+        if self.max_tokens is not None and self.max_tokens < 0:
+            return APIError(400, f"max_tokens={self.max_tokens} must be >= 1 (0 only with "
+                            "echo=true)", "max_tokens", "invalid_value")
         if self.max_tokens == 0 and not self.echo:
             return APIError(400, "max_tokens=0 needs echo=true (the prompt, and with logprobs "
                             "its logprobs, alone)", "max_tokens", "invalid_value")
@@ -129,6 +132,10 @@ class ChatCompletionRequest(_Sampling):
         if self.max_tokens is not None and self.max_completion_tokens is not None:
             return APIError(400, "give max_tokens or max_completion_tokens, not both",
                             "max_completion_tokens", "invalid_value")
+        for f in ("max_tokens", "max_completion_tokens"):
+            v = getattr(self, f)
+            if v is not None and v < 1:
+                return APIError(400, f"{f}={v} must be >= 1", f, "invalid_value")
         return None
 
 

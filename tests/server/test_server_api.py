@@ -385,3 +385,23 @@ def test_metrics_report_engine_state_and_finished_requests(tiny_server, client):
         assert g in m
     assert m["llmserve_kv_blocks_total"] == tiny_server.engine.stats()["kv_blocks_total"]
     assert m['llmserve_http_responses_total{endpoint="completions",status="200"}'] >= 1
+
+
+@pytest.mark.parametrize("path,change,param,says", [
+    ("/v1/chat/completions", {"max_tokens": 0}, "max_tokens", "max_tokens=0 must be >= 1"),
+    ("/v1/chat/completions", {"max_completion_tokens": 0}, "max_completion_tokens",
+     "max_completion_tokens=0 must be >= 1"),
+    ("/v1/chat/completions", {"max_tokens": -2}, "max_tokens", "max_tokens=-2 must be >= 1"),
+    ("/v1/completions", {"max_tokens": -1}, "max_tokens",
+     "max_tokens=-1 must be >= 1 (0 only with echo=true)"),
+])
+def test_bad_max_tokens_message_speaks_the_api(tiny_server, path, change, param, says):
+    # The engine's message names SamplingParams.prompt_logprobs, which no HTTP client sends,
+    # and a chat max_completion_tokens was reported as max_tokens.
+    body = ({"model": "tiny", "messages": [{"role": "user", "content": "hi"}]}
+            if "chat" in path else {"model": "tiny", "prompt": "hi"})
+    r = _post(tiny_server.url, {**body, **change}, path=path)
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["param"] == param and says in err["message"], err
+    assert "prompt_logprobs" not in err["message"]
