@@ -22,7 +22,7 @@ def main(argv):
     del argv
     c = _CONFIG.value
     presets = [p for p in c.presets.split(",") if p]
-    sizes = [int(s) for s in c.sizes.split(",") if s]
+    sizes = sched_bench.parse_sizes(c.sizes)
     results = sched_bench.run(presets, sizes, c.num_waiting, c.measure_steps, c.trace_requests,
                               c.trace_output_len, log=logging.info,
                               disable_gc=c.disable_gc)

@@ -167,7 +167,14 @@ def run(config) -> dict:
         return _scale(cfg, reqs, desc, slo, out)
     policies = _names(cfg["policies"], "policies")
     placements = _names(cfg["placements"], "placements")
-    sweep = [float(x) for x in _names(str(cfg.get("decision_sweep") or ""), None)]
+    sweep_s = str(cfg.get("decision_sweep") or "")
+    try:
+        sweep = [float(x) for x in _names(sweep_s, None)]
+    except ValueError:
+        sweep = [-1.0]
+    if any(not x >= 0 for x in sweep):
+        raise ValueError("decision_sweep must be comma-separated seconds >= 0 (router "
+                         f"decision costs), got {sweep_s!r}")
     predictors = _names(str(cfg.get("predictors") or ""), None)
     series = {}
     cluster_config(cfg, policies[0], placements[0])     # config errors before any run

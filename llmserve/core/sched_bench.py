@@ -102,6 +102,18 @@ def lifetime(preset: str, num_requests: int = 2000, output_len: int = 200,
             "us_per_step": st.scheduler_ns / st.num_steps / 1e3}
 
 
+def parse_sizes(s: str) -> list[int]:
+    """config `sizes` ("64,256,...") -> [64, 256, ...], or ValueError naming the field."""
+    try:
+        sizes = [int(x) for x in str(s).replace(" ", "").split(",") if x]
+    except ValueError:
+        sizes = []
+    if not sizes or min(sizes) < 1:
+        raise ValueError(f"sizes must be comma-separated ints >= 1 (running requests per "
+                         f"measurement), got {s!r}")
+    return sizes
+
+
 def run(presets=PRESETS, sizes=(64, 256, 1024, 4096), num_waiting: int = 10_000,
         measure_steps: int = 50, trace_requests: int = 2000, trace_output_len: int = 200,
         log=print, disable_gc: bool = False) -> dict:

@@ -75,3 +75,10 @@ def test_resampled_workload_keeps_length_pairs():
     assert len(w) == 400 and {(r.prompt_len, r.output_len) for r in w} <= pairs
     gaps = np.diff([r.arrival_s for r in w])
     assert abs(gaps.mean() - 0.01) < 0.002
+
+
+@pytest.mark.parametrize("value", ["1e-3,x", "-0.001"])
+def test_bad_decision_sweep_names_the_field(tmp_path, value):
+    # Was a bare "could not convert string to float: 'x'" (and a negative cost was run).
+    with pytest.raises(ValueError, match="decision_sweep must be comma-separated seconds >= 0"):
+        bench.run(tiny(tmp_path, decision_sweep=value))
