@@ -293,7 +293,7 @@ class RayRouter:
     def start(self) -> None:
         """Create the replica actors and wait until each has its model (ray.init() first if
         this process has no Ray connection)."""
-        import ray
+        ray = import_ray()
         if self._pump is not None:
             return
         if not ray.is_initialized():
@@ -646,6 +646,16 @@ class RayRouter:
             metrics=RequestMetrics(f.arrival, None, f.first_token_time,
                                    now if finished else None, len(f.prompt_ids),
                                    len(f.tokens), d["num_preemptions"]))
+
+
+def import_ray():
+    """The ray module, or an ImportError that says how to install it (an extra)."""
+    try:
+        import ray
+    except ImportError as e:
+        raise ImportError("Ray replicas need the `ray` package, an optional extra: "
+                          "pip install -e '.[cluster]'") from e
+    return ray
 
 
 def _kill(actor) -> None:

@@ -64,9 +64,8 @@ def run_replicas(cfg) -> dict:
     """Every mode is built and warmed up first, then the timed rounds alternate between the
     modes, so drifting load on a shared machine hits them alike; each row is a mode's best
     round (all rounds' wall times are kept in `wall_s_rounds`)."""
-    import ray
-
-    from llmserve.cluster.ray_backend import RayRouter
+    from llmserve.cluster.ray_backend import RayRouter, import_ray
+    ray = import_ray()
     from llmserve.engine import LLM
     ec = EngineConfig.from_dict(cfg.engine)
     prompts, sp = _workload(cfg, cfg.seed)
