@@ -56,7 +56,10 @@ class LLMEngine:
         mc = self.model_config
         if config.max_model_len > mc.max_position_embeddings:
             raise ValueError(f"max_model_len ({config.max_model_len}) exceeds the model's "
-                             f"max_position_embeddings ({mc.max_position_embeddings})")
+                             f"max_position_embeddings ({mc.max_position_embeddings}): set "
+                             f"max_model_len <= {mc.max_position_embeddings} (LLM(..., "
+                             "max_model_len=N), --config.engine.max_model_len=N in the "
+                             "scripts; the default is 2048)")
         num_blocks = config.num_kv_blocks or self._auto_num_blocks()
         self.scheduler = create_scheduler(config.scheduler_config(num_blocks))
         if runner is None:
