@@ -5,11 +5,15 @@
     -d '{"model": "tiny", "prompt": "Hello", "max_tokens": 16}'
 """
 import logging as std_logging
+import sys
 
 from absl import app, logging
 from ml_collections import config_flags
 
-from llmserve.server.launch import serve
+try:
+    from llmserve.server.launch import serve
+except ImportError as e:     # the server's packages are the optional `serve` extra
+    sys.exit(f"scripts/serve.py needs the server extra ({e}): pip install -e '.[serve]'")
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/serve.py", "server config")
 
