@@ -156,26 +156,39 @@ class HFTokenizer:
         return f"HFTokenizer({self.path!r}, vocab_size={self.vocab_size})"
 
 
-def decode_continuation(tokenizer, context: Sequence[int], ids: Sequence[int],
-                        window: int = 8) -> str:
+# Context tokens decode_continuation reads before the new ids: enough to settle a word
+# boundary (and to complete a character split across tokens).
+CONTEXT_TOKENS = 8
+
+
+def decode_continuation(tokenizer, context: Sequence[int], ids: Sequence[int]) -> str:
     """The text `ids` add after `context` (the prompt, or the prompt and earlier output).
 
     A SentencePiece-style tokenizer (Llama-2, Mistral: a Metaspace decoder) drops the leading
     space of whatever it decodes first, so decode(output) alone loses the space between the
     prompt and the first output word (prompt + text != the decoded whole, unlike vLLM and
-    transformers). Decoding the last `window` context tokens with the ids and cutting off the
-    context's own text keeps it. Falls back to decode(ids) when the context ends inside a
-    character (its text is then not a prefix of the joint text). Byte-level and ids-only
-    tokenizers decode each token on its own, so they take the plain path.
+    transformers). Decoding the last CONTEXT_TOKENS context tokens with the ids and cutting
+    off the context's own text keeps it. Falls back to decode(ids) when the context ends
+    inside a character (its text is then not a prefix of the joint text). Byte-level and
+    ids-only tokenizers decode each token on its own, so they take the plain path.
     """
+    return decode_each_after(tokenizer, context, [ids])[0]
+
+
+def decode_each_after(tokenizer, context: Sequence[int], pieces) -> list[str]:
+    """decode_continuation(tokenizer, context, ids) for each ids in pieces, the context
+    decoded once (a position's logprob alternatives share it)."""
     if not isinstance(tokenizer, HFTokenizer) or not context:
-        return tokenizer.decode(ids)
-    ctx = [int(t) for t in context[-window:]]
+        return [tokenizer.decode(ids) for ids in pieces]
+    ctx = [int(t) for t in context[-CONTEXT_TOKENS:]]
     head = tokenizer.decode(ctx)
-    full = tokenizer.decode(ctx + [int(t) for t in ids])
-    if head.endswith("\ufffd") or not full.startswith(head):
-        return tokenizer.decode(ids)
-    return full[len(head):]
+    if head.endswith("\ufffd"):
+        return [tokenizer.decode(ids) for ids in pieces]
+    out = []
+    for ids in pieces:
+        full = tokenizer.decode(ctx + [int(t) for t in ids])
+        out.append(full[len(head):] if full.startswith(head) else tokenizer.decode(ids))
+    return out
 
 
 def load_tokenizer(path: str | None, cfg: ModelConfig):

@@ -35,6 +35,17 @@ class ScheduledRequest:
     sampling: tuple
     num_padding_tokens: int = 0  # static batching: dummy rows after token_ids (see above)
 
+    def prompt_logprob_rows(self) -> tuple[int, list[int], int]:
+        """For a request with prompt_logprobs: (k, prompt token ids, count): this step's
+        rows at positions start_pos .. start_pos + count - 1 each predict a prompt token (the
+        last prompt position predicts the first output token, so it is not one of them).
+        count <= 0: none this step, or the request did not ask."""
+        if len(self.sampling) <= 5:
+            return 0, [], 0
+        k, prompt = self.sampling[5], self.sampling[6]
+        p0 = self.start_pos
+        return k, prompt, min(p0 + len(self.token_ids), len(prompt) - 1) - p0
+
 
 @dataclasses.dataclass
 class SchedulerOutput:

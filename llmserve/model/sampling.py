@@ -51,8 +51,11 @@ def top_logprobs(logits, k: int):
     """The k most likely tokens of each row under the same unmodified distribution as
     sample()'s chosen-token logprob (log_softmax of the logits, before temperature, top-k and
     top-p). Returns (token ids [S, k] int32, logprobs [S, k]), most likely first."""
-    k = min(k, logits.shape[-1])
-    lps, ids = jax.lax.top_k(jax.nn.log_softmax(logits, axis=-1), k)
+    return _top(jax.nn.log_softmax(logits, axis=-1), k)
+
+
+def _top(logprobs, k: int):
+    lps, ids = jax.lax.top_k(logprobs, min(k, logprobs.shape[-1]))
     return ids.astype(jnp.int32), lps
 
 
@@ -65,5 +68,4 @@ def prompt_logprobs(logits, targets, k: int):
     chosen = jnp.take_along_axis(lsm, targets[:, None], axis=-1)[:, 0]
     if not k:
         return (chosen,)
-    lps, ids = jax.lax.top_k(lsm, min(k, logits.shape[-1]))
-    return chosen, ids.astype(jnp.int32), lps
+    return (chosen, *_top(lsm, k))

@@ -143,12 +143,8 @@ class LengthPredictor:
     def embed(self, token_ids: Sequence[Sequence[int]], texts=None) -> np.ndarray:
         """Sentence embeddings of the prompts: of texts[i] when given (not None), else of
         the serving tokenizer's decode of token_ids[i]."""
-        if texts is None:
-            texts = [None] * len(token_ids)
-        texts = [t if t is not None else self.tokenizer.decode(ids)
-                 for ids, t in zip(token_ids, texts)]
         src = self.embedding_cache if self.embedding_cache is not None else self.encoder
-        return src.embed(texts)
+        return src.embed(prompt_texts(token_ids, texts, self.tokenizer))
 
     def raw(self, token_ids: Sequence[Sequence[int]], texts=None):
         """-> (mu [K,N], sigma [K,N]) in log(1 + length) and probs [K,N,C]. texts: the
@@ -232,6 +228,14 @@ def rescale_checkpoint(src: str, dst: str, output_scale: float) -> str:
     out = os.path.join(os.path.abspath(dst), "checkpoint")
     save_checkpoint(out, params, meta)
     return out
+
+
+def prompt_texts(token_ids, texts, tokenizer) -> list[str]:
+    """Each prompt's text (texts[i]; texts may be None), or the serving tokenizer's decode of
+    its ids where none is known: what a sentence encoder reads."""
+    if texts is None:
+        texts = [None] * len(token_ids)
+    return [t if t is not None else tokenizer.decode(ids) for ids, t in zip(token_ids, texts)]
 
 
 def _load_encoder(meta: dict, path: str | None = None):

@@ -25,7 +25,7 @@ from llmserve.predictor import data as data_lib
 from llmserve.predictor import features as feat
 from llmserve.predictor import model as model_lib
 from llmserve.predictor.metrics import BUCKET_EDGES, bucket_of
-from llmserve.predictor.serve import FORMAT, LengthPredictor
+from llmserve.predictor.serve import FORMAT, LengthPredictor, prompt_texts
 
 
 def build_datasets(config, tokenizer):
@@ -324,11 +324,6 @@ def sentence_encoder(config):
     return enc, EmbeddingCache(enc, config.features.get("encoder_cache_dir", ""))
 
 
-def _texts(ds, tokenizer) -> list[str]:
-    """Each prompt's text, or the serving tokenizer's decode of its ids where none is known."""
-    return [t if t is not None else tokenizer.decode(p) for p, t in zip(ds.prompts, ds.texts)]
-
-
 def save_checkpoint(path: str, params, meta: dict) -> None:
     import orbax.checkpoint as ocp
     path = os.path.abspath(path)
@@ -356,8 +351,10 @@ def fit_predictor(config, train, val, test, tokenizer, desc: str = ""):
     train_enc = val_enc = None
     if encoder is not None:
         t0 = time.perf_counter()
-        train_enc = cache.embed(_texts(data_lib.concat([fit, *aux]), tokenizer))
-        val_enc = None if on_val else cache.embed(_texts(val, tokenizer))
+        both = data_lib.concat([fit, *aux])
+        train_enc = cache.embed(prompt_texts(both.prompts, both.texts, tokenizer))
+        val_enc = None if on_val else cache.embed(prompt_texts(val.prompts, val.texts,
+                                                               tokenizer))
         logging.info("sentence embeddings (%s, %d tokens): %.1fs", encoder.path,
                      encoder.max_tokens, time.perf_counter() - t0)
     params, info = train_ensemble(fit, None if on_val else val, fspec, mspec, config.train,

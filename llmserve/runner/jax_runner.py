@@ -141,14 +141,10 @@ class JaxRunner:
         targets = None
         qsl = batch["query_start_loc"]
         for i, r in enumerate(sched_out.scheduled):
-            if len(r.sampling) <= 5:
-                continue
-            k, prompt = r.sampling[5], r.sampling[6]
-            p0 = r.start_pos
-            # The last prompt position predicts the first output token, not a prompt token.
-            count = min(p0 + len(r.token_ids), len(prompt) - 1) - p0
+            k, prompt, count = r.prompt_logprob_rows()
             if count <= 0:
                 continue
+            p0 = r.start_pos
             if targets is None:
                 targets = batch["prompt_targets"] = np.zeros(batch["token_ids"].shape[0],
                                                              np.int32)

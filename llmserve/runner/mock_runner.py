@@ -38,11 +38,8 @@ class MockRunner:
         (mock_prompt_logprob), alternatives k ids after the target at -1, -2, ..."""
         out = {}
         for s in sched_out.scheduled:
-            if len(s.sampling) <= 5:
-                continue
-            k, prompt = s.sampling[5], s.sampling[6]
+            k, prompt, count = s.prompt_logprob_rows()
             p0 = s.start_pos
-            count = min(p0 + len(s.token_ids), len(prompt) - 1) - p0
             if count > 0:
                 alts = None if not k else [
                     [((prompt[p + 1] + j) % self.vocab_size, -float(j + 1)) for j in range(k)]

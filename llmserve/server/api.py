@@ -28,6 +28,7 @@ from llmserve.server.async_engine import (
 from llmserve.server.chat import ChatTemplate, ChatTemplateError, encode_chat
 from llmserve.server.errors import APIError, from_value_error
 from llmserve.server.metrics import ServerMetrics
+from llmserve.tokenizer import CONTEXT_TOKENS
 
 log = logging.getLogger("llmserve.server")
 
@@ -302,7 +303,11 @@ def build_app(engine, settings: ServerSettings | None = None,
                     tops = out.top_logprobs
                     lp = choice_logprobs(call, new, (out.logprobs or [])[sent_toks:], off,
                                          None if tops is None else tops[sent_toks:],
-                                         out.prompt_token_ids[-8:] + out.token_ids[:sent_toks])
+                                         # the context's last tokens only: no copy
+                                         # of the whole output per chunk
+                                         out.prompt_token_ids[-CONTEXT_TOKENS:] +
+                                         out.token_ids[max(0, sent_toks - CONTEXT_TOKENS):
+                                                       sent_toks])
                     if lp is not None and not call.chat:
                         off += sum(map(len, lp["tokens"]))
                     if pending_echo:

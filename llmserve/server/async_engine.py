@@ -39,7 +39,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from llmserve.outputs import RequestOutput
 from llmserve.sampling_params import SamplingParams
-from llmserve.tokenizer import decode_continuation
+from llmserve.tokenizer import CONTEXT_TOKENS, decode_continuation
 
 log = logging.getLogger("llmserve.server")
 
@@ -101,7 +101,7 @@ class TextTracker:
 
     def __init__(self, tokenizer, stop: tuple[str, ...], context: Sequence[int] = ()):
         self.tokenizer = tokenizer
-        self.context = list(context[-8:])     # prompt tail: see decode_continuation
+        self.context = list(context[-CONTEXT_TOKENS:])   # prompt tail: see decode_continuation
         self.stop = stop
         self.text = ""
         self.checked = 0          # text before this offset holds no stop string

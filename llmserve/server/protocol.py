@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from llmserve.sampling_params import MAX_TOP_LOGPROBS
 from llmserve.server.errors import APIError
-from llmserve.tokenizer import decode_continuation
+from llmserve.tokenizer import CONTEXT_TOKENS, decode_continuation, decode_each_after
 
 MAX_COMPLETION_LOGPROBS = 5     # OpenAI's limit for /v1/completions logprobs
 
@@ -170,10 +170,10 @@ def usage(num_prompt: int, num_output: int) -> dict:
 def _contexts(context, token_ids) -> list[list[int]]:
     """The few ids before each token: a token's text is what it adds after them
     (decode_continuation), so a SentencePiece word piece keeps its leading space."""
-    ctx, out = [int(t) for t in context[-8:]], []
+    ctx, out = [int(t) for t in context[-CONTEXT_TOKENS:]], []
     for t in token_ids:
         out.append(ctx)
-        ctx = (ctx + [int(t)])[-8:]
+        ctx = (ctx + [int(t)])[-CONTEXT_TOKENS:]
     return out
 
 
@@ -198,8 +198,9 @@ def completion_logprobs(tokenizer, token_ids, logprobs, text_offset: int, tops=N
                 top.append(None)
                 continue
             d = {}
-            for t, lp in alts:
-                d.setdefault(decode_continuation(tokenizer, c, [t]), lp)
+            texts = decode_each_after(tokenizer, c, [[t] for t, _ in alts])
+            for s, (_, lp) in zip(texts, alts):
+                d.setdefault(s, lp)
             top.append(d)
     return {"tokens": toks, "token_logprobs": list(logprobs), "top_logprobs": top,
             "text_offset": offsets}
@@ -226,8 +227,7 @@ def join_logprobs(a: dict, b: dict) -> dict:
             "text_offset": a["text_offset"] + b["text_offset"]}
 
 
-def _chat_entry(tokenizer, t: int, lp: float, context) -> dict:
-    s = decode_continuation(tokenizer, context, [t])
+def _chat_entry(s: str, lp: float) -> dict:
     return {"token": s, "logprob": lp, "bytes": list(s.encode("utf-8"))}
 
 
@@ -237,9 +237,11 @@ def chat_logprobs(tokenizer, token_ids, logprobs, tops=None, context=()) -> dict
     out = []
     ctxs = _contexts(context, token_ids)
     for i, (t, lp) in enumerate(zip(token_ids, logprobs)):
-        e = _chat_entry(tokenizer, t, lp, ctxs[i])
-        e["top_logprobs"] = ([] if tops is None else
-                             [_chat_entry(tokenizer, a, alp, ctxs[i]) for a, alp in tops[i]])
+        # the token and its alternatives share their context: decoded once
+        alts = [] if tops is None else tops[i]
+        texts = decode_each_after(tokenizer, ctxs[i], [[t]] + [[a] for a, _ in alts])
+        e = _chat_entry(texts[0], lp)
+        e["top_logprobs"] = [_chat_entry(s, alp) for s, (_, alp) in zip(texts[1:], alts)]
         out.append(e)
     return {"content": out}
 
