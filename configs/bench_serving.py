@@ -32,7 +32,9 @@ def get_config():
     c.workload = ml_collections.ConfigDict()
     # synthetic | azure_csv | sharegpt | alpaca | castillo | jsonl
     c.workload.kind = "synthetic"
-    c.workload.path = ""                # data file (all kinds but synthetic)
+    c.workload.dataset = ""             # all kinds but synthetic: a dataset name (llmserve.data,
+                                        # e.g. azure_conv_2023; scripts/fetch_data.py gets it)
+    c.workload.path = ""                # or a data file's path (overrides dataset)
     c.workload.num_requests = 500       # request cap (0 = the whole file)
     c.workload.rate = 16.0              # arrival rate given to datasets without times (trace mode)
     c.workload.seed = 0                 # lengths, arrivals, random prompt ids

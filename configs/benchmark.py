@@ -4,7 +4,7 @@ high-variance workload, the four presets on the identical request stream.
 Simulator example (Llama-3-8B shapes on an H100, Azure conversation trace):
   scripts/benchmark.py --config=configs/benchmark.py --config.runner=sim \
     --config.model.preset=llama3-8b --config.workload.kind=azure_csv \
-    --config.workload.path=../shared/data/azure_conv_2023.csv --config.engine.max_model_len=8192 \
+    --config.workload.dataset=azure_conv_2023 --config.engine.max_model_len=8192 \
     --config.engine.max_num_seqs=256 --workdir=results/sim
 """
 import ml_collections
@@ -24,7 +24,9 @@ def get_config():
     c.workload = ml_collections.ConfigDict()
     # synthetic | azure_csv | sharegpt | alpaca | castillo | jsonl
     c.workload.kind = "synthetic"
-    c.workload.path = ""                # data file for every kind but synthetic
+    c.workload.dataset = ""             # every kind but synthetic: a dataset name (llmserve.data,
+                                        # e.g. azure_conv_2023; scripts/fetch_data.py gets it)
+    c.workload.path = ""                # or a data file's path (overrides dataset)
     c.workload.num_requests = 96        # request cap (0 = the whole file)
     c.workload.rate = 16.0              # synthetic and datasets without times: req/s
     c.workload.rate_scale = 0.0         # arrival-rate multiplier (0 = 1: traces as recorded)

@@ -23,15 +23,17 @@ def get_config():
     c.decision_sweep = ""               # compare: also every run at these decision_base_s
                                         # values (comma-separated seconds), e.g. "1e-3,5e-3"
     c.predictors = ""                   # compare: predicted_work once per predictor spec,
-                                        # e.g. "oracle,checkpoint:/tmp/p5_v3" ("" = router's)
+                                        # e.g. "oracle,checkpoint:runs/predictor" ("" = router's)
     c.profile = False                   # scale: also cProfile's top 20 functions
 
     c.workload = ml_collections.ConfigDict()
     # azure_csv (the trace, rate-scaled) | azure_resampled (its length pairs, Poisson arrivals)
-    # | shared_prefix (system prompts x questions) | synthetic | jsonl (e.g. a predictor's
-    # held-out workload). A missing Azure file falls back to its fitted log-normal stand-in.
+    # | shared_prefix (system prompts x questions) | synthetic (the Azure trace's fitted
+    # log-normal lengths) | jsonl (e.g. a predictor's held-out workload).
     c.workload.kind = "azure_csv"
-    c.workload.path = "/work/shared/data/azure_conv_2023.csv"  # azure_* and jsonl
+    c.workload.dataset = "azure_conv_2023"  # azure_*: the trace, by dataset name (fetch it
+                                        # with scripts/fetch_data.py)
+    c.workload.path = ""                # azure_* and jsonl: a file's path (overrides dataset)
     c.workload.num_requests = 0         # cap (0: the whole file / rate x duration_s)
     c.workload.rate = 0.0               # offered req/s (0: rate_per_replica x replicas)
     c.workload.rate_per_replica = 18.0  # offered req/s per replica when rate is 0

@@ -36,7 +36,9 @@ def get_config():
 
     c.workload = ml_collections.ConfigDict()
     c.workload.kind = "synthetic"       # synthetic (Azure-fitted lengths) | azure_csv
-    c.workload.path = ""                # azure_csv: trace file (lengths only; arrivals Poisson)
+    c.workload.dataset = "azure_conv_2023"  # azure_csv: the trace (lengths only; arrivals
+                                        # Poisson), by dataset name (scripts/fetch_data.py)
+    c.workload.path = ""                # or the trace file's path (overrides dataset)
     c.workload.num_requests = 600       # requests per run
     c.workload.seed = 0                 # arrivals, lengths, network jitter
 

@@ -1,8 +1,8 @@
 """scripts/engine_bench.py: our engine against transformers generate() on the same weights.
 
-  python scripts/engine_bench.py --config=configs/engine_bench.py --workdir=/tmp/engine_bench
+  python scripts/engine_bench.py --config=configs/engine_bench.py --workdir=results/engine_bench
   python scripts/engine_bench.py --config=configs/engine_bench.py --config.rounds=1 \
-      --config.cases=a --workdir=/tmp/eb      # quick look
+      --config.cases=a --workdir=results/eb      # quick look
 """
 import ml_collections
 
@@ -27,8 +27,10 @@ def get_config():
     # Case (b): lengths drawn from the Azure LLM inference trace (conversation service).
     c.b = ml_collections.ConfigDict()
     c.b.num_requests = 64           # requests, all arriving at once
-    c.b.trace = "/work/shared/data/azure_conv_2023.csv"  # ContextTokens,GeneratedTokens; if
-    #                                 missing, log-normals fitted to it are used (see script)
+    c.b.dataset = "azure_conv_2023"  # the trace's (ContextTokens, GeneratedTokens) rows, by
+    #                                 dataset name (fetch it with scripts/fetch_data.py)
+    c.b.trace = ""                  # or the trace file's path (overrides dataset)
+    c.b.synthetic = False           # True: log-normals fitted to the trace instead of its rows
     c.b.prompt_scale = 8.0          # prompt = ContextTokens / prompt_scale (trace p99 ~4k -> 512)
     c.b.output_scale = 4.0          # output = GeneratedTokens / output_scale (max 1000 -> 250)
     c.b.min_prompt = 16             # prompts are clipped to [min_prompt, max_prompt]

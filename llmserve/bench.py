@@ -138,15 +138,14 @@ def load_workload(cfg: dict, model_config=None) -> tuple[list, float]:
                                             vocab_size=getattr(model_config, "vocab_size", 256),
                                             **kw)
     else:
-        if not w.get("path"):
-            raise ValueError(f"workload.path is required for workload.kind={kind!r}")
+        path = loaders.workload_path(w)     # the dataset's file, or an explicit path
         tok = None
         if kind in ("sharegpt", "alpaca") and _g(cfg, "model.path"):
             from llmserve.tokenizer import load_tokenizer
             tok = load_tokenizer(_g(cfg, "model.path"), model_config)
-        reqs = loaders.load(kind, w["path"], tokenizer=tok, limit=n, seed=seed)
+        reqs = loaders.load(kind, path, tokenizer=tok, limit=n, seed=seed)
         if not reqs:
-            raise ValueError(f"workload file {w['path']!r} gave no requests")
+            raise ValueError(f"workload file {path!r} gave no requests")
         if kind in ("sharegpt", "alpaca", "castillo") or all(r.arrival_s == 0 for r in reqs):
             from llmserve.workload import with_arrivals
             rate = w.get("rate") or 1.0

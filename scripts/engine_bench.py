@@ -1,6 +1,6 @@
 """Our engine against Hugging Face transformers generate() on this machine, same weights.
 
-  python scripts/engine_bench.py --config=configs/engine_bench.py --workdir=/tmp/engine_bench
+  python scripts/engine_bench.py --config=configs/engine_bench.py --workdir=results/engine_bench
 
 The `tiny` preset's dummy weights are saved as an HF Llama checkpoint (safetensors) in a temp
 dir; our engine loads that checkpoint and scripts/hf_reference_bench.py (in the Python 3.11
@@ -16,7 +16,6 @@ host overhead (wall time outside the jitted step) and the compile count. Results
 """
 from __future__ import annotations
 
-import csv
 import json
 import os
 import select
@@ -38,10 +37,10 @@ from llmserve import LLM, SamplingParams
 
 _CONFIG = config_flags.DEFINE_config_file("config", os.path.join(ROOT, "configs/engine_bench.py"),
                                           "benchmark config")
-_WORKDIR = flags.DEFINE_string("workdir", "/tmp/engine_bench", "where results JSON is written")
+_WORKDIR = flags.DEFINE_string("workdir", "results/engine_bench", "where results JSON is written")
 
-# Log-normal fits to /work/shared/data/azure_conv_2023.csv (19,366 requests), used only when
-# the trace file is absent: mean and std of log(tokens).
+# Log-normal fits to the azure_conv_2023 dataset (19,366 requests), used only when asked for
+# (b.synthetic): mean and std of log(tokens).
 #   ContextTokens:   mu 6.6333, sigma 0.9852  (median 1020, p95 4083, p99 4142)
 #   GeneratedTokens: mu 5.0190, sigma 0.8590  (median 129,  p95 451,  p99 601)
 AZURE_CONV_LOGNORMAL = {"context": (6.6333, 0.9852), "generated": (5.0190, 0.8590)}
@@ -58,17 +57,18 @@ def case_a(c, rng) -> dict:
 def azure_lengths(b, rng) -> tuple[np.ndarray, np.ndarray, str]:
     """(context, generated) token counts of b.num_requests requests from the trace (rows
     drawn without replacement, so each request keeps its real prompt/output pairing)."""
-    if os.path.isfile(b.trace):
-        with open(b.trace) as f:
-            rows = [(int(r["ContextTokens"]), int(r["GeneratedTokens"]))
-                    for r in csv.DictReader(f)]
+    if not b.synthetic:
+        from llmserve.workload import loaders
+        path = loaders.workload_path({"kind": "azure_csv", "dataset": b.dataset,
+                                      "path": b.trace})
+        rows = [(r.prompt_len, r.output_len) for r in loaders.load_azure_csv(path)]
         idx = rng.choice(len(rows), size=b.num_requests, replace=len(rows) < b.num_requests)
         ctx = np.array([rows[i][0] for i in idx], np.float64)
         gen = np.array([rows[i][1] for i in idx], np.float64)
-        return ctx, gen, f"trace {b.trace} ({len(rows)} rows)"
+        return ctx, gen, f"trace {b.trace or b.dataset} ({len(rows)} rows)"
     (mc, sc), (mg, sg) = AZURE_CONV_LOGNORMAL["context"], AZURE_CONV_LOGNORMAL["generated"]
     return (rng.lognormal(mc, sc, b.num_requests), rng.lognormal(mg, sg, b.num_requests),
-            "log-normal fit of the Azure conversation trace (file absent)")
+            "log-normal fit of the Azure conversation trace (b.synthetic)")
 
 
 def case_b(c, rng) -> dict:

@@ -82,18 +82,9 @@ def load_workload(cfg: dict, num_replicas: int) -> tuple[list, dict]:
     n = w.get("num_requests") or 0
     seed = w.get("seed", 0)
     desc = {"kind": kind}
-    path = w.get("path") or ""
-    have_file = bool(path) and os.path.isfile(path)
-    if kind in ("azure_csv", "azure_resampled") and not have_file:
-        log.warning("workload file %r not found: a synthetic stand-in with the Azure "
-                    "conversation trace's fitted length distribution is used", path)
-        desc["stand_in"] = True
-        src = synthetic.synthetic_workload(max(n, 20000), 5.0, lengths="azure_lognormal",
-                                           seed=seed, max_model_len=max_len)
-        kind = "azure_resampled" if kind == "azure_csv" else kind
-    elif kind in ("azure_csv", "azure_resampled"):
-        from llmserve.workload.loaders import load_azure_csv
-        src = load_azure_csv(path)
+    if kind in ("azure_csv", "azure_resampled"):  # a missing file is an error, never a
+        from llmserve.workload import loaders     # stand-in (kind=synthetic asks for one)
+        src = loaders.load_azure_csv(loaders.workload_path(w))
     if kind == "azure_csv":
         reqs = src[:n] if n else src
         span = reqs[-1].arrival_s - reqs[0].arrival_s

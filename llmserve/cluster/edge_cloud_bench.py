@@ -55,9 +55,7 @@ def base_workload(cfg: dict) -> list:
                                             max_model_len=max_len)
     if w["kind"] != "azure_csv":
         raise ValueError(f"workload.kind must be synthetic or azure_csv, got {w['kind']!r}")
-    if not w.get("path"):
-        raise ValueError("workload.path is required for workload.kind='azure_csv'")
-    reqs = loaders.load("azure_csv", w["path"], limit=n, seed=seed)
+    reqs = loaders.load("azure_csv", loaders.workload_path(w), limit=n, seed=seed)
     reqs = with_arrivals(reqs, synthetic.poisson_arrivals(len(reqs), 1.0,
                                                           np.random.default_rng(seed)))
     for r in reqs:      # the trace's lengths, clipped to what both sides serve

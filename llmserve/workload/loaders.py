@@ -1,7 +1,11 @@
 """Workload loaders: Azure trace CSV, ShareGPT / Alpaca / Dolly / CASTILLO JSON, our JSONL logs.
 
-Every error names the file, the line and the field. Text datasets have no arrival times: they
-come back with arrival_s = 0 and get arrivals from `synthetic` (see `load_workload`).
+Every error names the file, the line and the field; a file that is not UTF-8 names the line of
+the first bad byte; a length beyond MAX_TOKENS (no model's context) is rejected, not served.
+A workload section names its file as a registered dataset (`workload.dataset`, see
+llmserve.data) or as an explicit `workload.path`: `workload_path`. Text datasets have no
+arrival times: they come back with arrival_s = 0 and get arrivals from `synthetic` (see
+`load_workload`).
 Text is turned into token ids by `tokenizer.encode` (default: the byte-level tokenizer of the
 dummy models, so lengths are in bytes; pass a checkpoint's tokenizer for real token counts).
 """
@@ -9,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import datetime
+import io
 import itertools
 import json
 import os
@@ -20,6 +25,9 @@ from llmserve.workload import WorkloadRequest
 # CASTILLO marks a generation that hit its 15,000-token cap with 15001: not a real length.
 CASTILLO_CAP = 15001
 KINDS = ("azure_csv", "sharegpt", "alpaca", "castillo", "jsonl")
+# Longer than any model's context (and than int32 token counts can sum to in a batch): a
+# ContextTokens of 10^12 is a corrupt row, not a request.
+MAX_TOKENS = 10_000_000
 
 
 def _err(path, line, field, msg) -> ValueError:
@@ -32,14 +40,60 @@ def _check_file(path: str) -> None:
         raise ValueError(f"workload file {path!r} does not exist")
 
 
-def _int_field(path, line, field, raw, lo=0) -> int:
+def read_text(path: str) -> str:
+    """The file as UTF-8 text; a ValueError naming the file and the line of the first byte
+    that does not decode."""
+    _check_file(path)
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise ValueError(f"{path}, line {line}: not UTF-8 text (byte {raw[e.start]:#04x} at "
+                         f"offset {e.start}); save the file as UTF-8") from None
+
+
+def _int_field(path, line, field, raw, lo=0, hi=MAX_TOKENS) -> int:
+    if isinstance(raw, str) and raw.isdigit() and len(raw) > len(str(hi)):  # int() refuses
+        raise _err(path, line, field, f"a {len(raw)}-digit value is more than {hi:,} "  # 4,300+
+                   "tokens, longer than any model's context: a corrupt row")  # digits itself
     try:
         v = int(raw)
-    except (TypeError, ValueError):
-        raise _err(path, line, field, f"expected an int, got {raw!r}") from None
+    except (TypeError, ValueError, OverflowError):
+        raise _err(path, line, field, f"expected an int, got {raw!r:.60}") from None
     if isinstance(raw, bool) or v < lo or (isinstance(raw, float) and raw != v):
-        raise _err(path, line, field, f"expected an int >= {lo}, got {raw!r}")
+        raise _err(path, line, field, f"expected an int >= {lo}, got {raw!r:.60}")
+    if v > hi:
+        raise _err(path, line, field, f"{v:,} is more than {hi:,} tokens, longer than any "
+                   "model's context: a corrupt row")
     return v
+
+
+def workload_path(w: dict) -> str:
+    """The file of a workload section: `path` when set (an explicit override), else the
+    registered dataset `dataset` in the data directory (llmserve.data; a missing one is an
+    error that names the fetch command). The dataset's format must be what `kind` reads."""
+    from llmserve.data import registry
+    kind, path, name = w.get("kind", ""), w.get("path") or "", w.get("dataset") or ""
+    if path:
+        _check_file(path)
+        return path
+    if kind == "jsonl":
+        raise ValueError("workload.kind='jsonl' reads an llmserve trace log: set workload.path")
+    if not name:
+        raise ValueError(f"workload.kind={kind!r} reads a file: set workload.dataset to a "
+                         f"dataset name (one of {', '.join(registry.DATASETS)}) or "
+                         "workload.path to a file")
+    if name not in registry.DATASETS:
+        raise ValueError(f"workload.dataset={name!r} is not a known dataset: one of "
+                         f"{', '.join(registry.DATASETS)}")
+    fmt = registry.DATASETS[name].format
+    reads = {"azure_resampled": "azure_csv"}.get(kind, kind)
+    if reads in KINDS and reads != fmt:
+        raise ValueError(f"workload.dataset={name!r} is {fmt} data, but workload.kind={kind!r}"
+                         f" reads {reads}: set workload.kind={fmt}")
+    return registry.dataset_path(name)
 
 
 # ---- Azure LLM inference trace ---------------------------------------------------------------
@@ -48,7 +102,7 @@ def load_azure_csv(path: str, limit: int | None = None) -> list[WorkloadRequest]
     _check_file(path)
     out: list[WorkloadRequest] = []
     t0 = None
-    with open(path, newline="") as f:
+    with io.StringIO(read_text(path), newline="") as f:
         rows = csv.reader(f)
         header = next(rows, None)
         want = ["TIMESTAMP", "ContextTokens", "GeneratedTokens"]
@@ -81,9 +135,7 @@ def load_azure_csv(path: str, limit: int | None = None) -> list[WorkloadRequest]
 # ---- JSON datasets -----------------------------------------------------------------------------
 def _json_records(path: str):
     """Yield (record, line) for each element of a top-level JSON array, so errors name lines."""
-    _check_file(path)
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
+    text = read_text(path)
     dec = json.JSONDecoder()
     n = len(text)
 

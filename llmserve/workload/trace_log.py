@@ -60,6 +60,9 @@ def record_from_request(req) -> dict:
                        arrival_s=req.arrival_time, ttft_s=ttft, e2e_s=e2e)
 
 
+_MAX_TOKENS = 10_000_000     # as loaders.MAX_TOKENS (which imports this module)
+
+
 def validate_record(rec) -> None:
     """ValueError naming the first wrong field."""
     if not isinstance(rec, dict):
@@ -73,8 +76,9 @@ def validate_record(rec) -> None:
         raise ValueError("trace record field 'prompt_token_ids' must be a list of ints >= 0")
     for f in ("prompt_len", "output_len"):
         v = rec[f]
-        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-            raise ValueError(f"trace record field {f!r} must be an int >= 0, got {v!r}")
+        if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= _MAX_TOKENS:
+            raise ValueError(f"trace record field {f!r} must be an int in [0, {_MAX_TOKENS:,}]"
+                             f" (more is no model's context: a corrupt record), got {v!r:.40}")
     if rec["prompt_len"] != len(ids):
         raise ValueError(f"trace record field 'prompt_len' is {rec['prompt_len']} but "
                          f"prompt_token_ids has {len(ids)} ids")

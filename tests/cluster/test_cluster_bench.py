@@ -45,11 +45,16 @@ def test_compare_runs_every_policy_and_placement_and_writes_outputs(tmp_path):
     assert os.path.getsize(paths["replica_load"]) > 0
 
 
-def test_missing_azure_file_falls_back_to_a_stand_in(tmp_path):
-    c = tiny(tmp_path, **{"workload.kind": "azure_csv", "workload.path": "/nonexistent.csv",
-                          "workload.num_requests": 40, "workload.duration_s": 1.0})
-    reqs, desc = bench.load_workload(c.to_dict(), 2)
-    assert desc.get("stand_in") and len(reqs) == 40
+def test_missing_azure_dataset_is_an_error_naming_the_fetch_command(tmp_path, monkeypatch):
+    monkeypatch.setenv("LLMSERVE_DATA", str(tmp_path / "empty"))
+    c = tiny(tmp_path, **{"workload.kind": "azure_csv", "workload.path": "",
+                          "workload.dataset": "azure_conv_2023", "workload.num_requests": 40})
+    with pytest.raises(ValueError, match="azure_conv_2023.*fetch_data.py --config=configs/data.py"
+                                         " --config.names=azure_conv_2023"):
+        bench.load_workload(c.to_dict(), 2)
+    c.workload.path = str(tmp_path / "nonexistent.csv")
+    with pytest.raises(ValueError, match="nonexistent.csv"):
+        bench.load_workload(c.to_dict(), 2)
     with pytest.raises(ValueError, match="workload.kind"):
         bench.load_workload(tiny(tmp_path, **{"workload.kind": "tweets"}).to_dict(), 2)
 

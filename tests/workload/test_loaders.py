@@ -134,3 +134,92 @@ def test_real_json_files_load(kind, name):
     reqs = loaders.load(kind, os.path.join(DATA, name), limit=200)
     assert len(reqs) == 200
     assert all(r.prompt_len >= 1 and r.output_len >= 1 for r in reqs)
+
+
+# ---- absurd rows and undecodable files (issue 18) -----------------------------------------
+@pytest.mark.parametrize("row,field", [("2023-11-16 18:15:47.0,1000000000000,3", "ContextTokens"),
+                                       ("2023-11-16 18:15:47.0,3,10000001", "GeneratedTokens"),
+                                       ("2023-11-16 18:15:47.0,9" + "9" * 5000 + ",3",
+                                        "ContextTokens")])
+def test_azure_csv_rejects_absurd_lengths_with_file_and_line(tmp_path, row, field):
+    path = _write(tmp_path, "absurd.csv", "TIMESTAMP,ContextTokens,GeneratedTokens\n"
+                  f"2023-11-16 18:15:46.0,1,1\n{row}\n")
+    with pytest.raises(ValueError) as e:
+        loaders.load_azure_csv(path)
+    msg = str(e.value)
+    assert "absurd.csv, line 3" in msg and field in msg and "10,000,000" in msg
+    assert len(msg) < 400      # a 5,000-digit value is cut, not echoed whole
+    # the bound is 10,000,000 itself: one token less than it is accepted
+    ok = _write(tmp_path, "ok.csv", "TIMESTAMP,ContextTokens,GeneratedTokens\n"
+                "2023-11-16 18:15:46.0,10000000,1\n")
+    assert loaders.load_azure_csv(ok)[0].prompt_len == 10_000_000
+
+
+def test_castillo_and_jsonl_reject_absurd_lengths(tmp_path):
+    rec = {"prompt_text": "hi", "input_size": 5, "output_sizes": [3, 10**12]}
+    path = _write(tmp_path, "c.json", json.dumps([rec]))
+    with pytest.raises(ValueError, match=r"c.json, line 1: field 'output_sizes'.*10,000,000"):
+        loaders.load_castillo(path)
+    log = tmp_path / "t.jsonl"
+    r = {**make_record("r", [1, 2], 3, arrival_s=0.0), "output_len": 10**12}
+    log.write_text(json.dumps(make_record("a", [1], 3, arrival_s=0.0)) + "\n" + json.dumps(r)
+                   + "\n")
+    with pytest.raises(ValueError, match=r"t.jsonl, line 2.*'output_len'"):
+        loaders.load_jsonl(str(log))
+
+
+@pytest.mark.parametrize("name,kind", [("latin1.csv", "azure_csv"), ("latin1.json", "alpaca"),
+                                       ("latin1.json", "castillo"), ("latin1.json", "sharegpt")])
+def test_non_utf8_file_is_named_with_its_line(tmp_path, name, kind):
+    if name.endswith(".csv"):
+        body = "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.0,1,1\n" \
+               "2023-11-16 18:15:47.0,2,2 caf\xe9\n"
+    else:
+        body = '[\n {"instruction": "caf\xe9", "output": "x"}\n]\n'
+    p = tmp_path / name
+    p.write_bytes(body.encode("latin-1"))
+    with pytest.raises(ValueError) as e:
+        loaders.load(kind, str(p))
+    assert not isinstance(e.value, UnicodeDecodeError)
+    line = 3 if name.endswith(".csv") else 2
+    assert f"{name}, line {line}: not UTF-8" in str(e.value) and "0xe9" in str(e.value)
+
+
+def test_predictor_json_non_utf8_names_the_file(tmp_path):
+    from llmserve.predictor import data
+    p = tmp_path / "d.json"
+    p.write_bytes('[{"prompt_text": "\xff", "output_sizes": [1]}]'.encode("latin-1"))
+    with pytest.raises(ValueError, match="d.json, line 1: not UTF-8"):
+        data.from_castillo(str(p), data.tokenizer_for("tiny"))
+
+
+# ---- datasets by name ----------------------------------------------------------------------
+def test_workload_path_by_dataset_name_and_explicit_override(tmp_path, monkeypatch):
+    from llmserve.data import registry
+    monkeypatch.setenv("LLMSERVE_DATA", str(tmp_path))
+    w = {"kind": "azure_csv", "dataset": "azure_conv_2023", "path": ""}
+    with pytest.raises(registry.DatasetMissing) as e:
+        loaders.workload_path(w)
+    assert ("'azure_conv_2023'" in str(e.value) and "python scripts/fetch_data.py "
+            "--config=configs/data.py --config.names=azure_conv_2023" in str(e.value))
+    (tmp_path / "azure_conv_2023.csv").write_text("x")      # the wrong size: a cut-off copy
+    with pytest.raises(registry.DatasetMissing, match="1 bytes, expected 719,188"):
+        loaders.workload_path(w)
+    own = _write(tmp_path, "mine.csv", "TIMESTAMP,ContextTokens,GeneratedTokens\n")
+    assert loaders.workload_path({**w, "path": own}) == own          # the override wins
+    with pytest.raises(ValueError, match="is castillo data.*workload.kind=castillo"):
+        loaders.workload_path({**w, "dataset": "castillo_llama31_8b_dolly_validate"})
+    with pytest.raises(ValueError, match="not a known dataset"):
+        loaders.workload_path({**w, "dataset": "azure_2099"})
+    with pytest.raises(ValueError, match="workload.dataset"):
+        loaders.workload_path({"kind": "azure_csv", "dataset": "", "path": ""})
+
+
+@pytest.mark.skipif(not os.path.isdir(DATA), reason="shared data not present")
+def test_benchmark_workload_by_dataset_name_reads_the_shared_copy(monkeypatch):
+    from llmserve.bench import load_workload
+    monkeypatch.setenv("LLMSERVE_DATA", DATA)
+    reqs, base = load_workload({"workload": {"kind": "azure_csv", "dataset": "azure_conv_2023",
+                                             "path": "", "num_requests": 50},
+                                "engine": {"max_model_len": 8192}})
+    assert len(reqs) == 50 and (reqs[0].prompt_len, reqs[0].output_len) == (374, 44)
