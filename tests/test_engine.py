@@ -122,14 +122,24 @@ def test_bad_requests_raise_and_leak_nothing(prompt, sp, match):
 
 
 @pytest.mark.parametrize("kw,match", [
-    (dict(max_tokens=0), "max_tokens must be an int >= 1"),
-    (dict(temperature=-0.1), "temperature must be a float >= 0"),
+    (dict(max_tokens=0), r"max_tokens must be an int in \[1, 2\*\*31\)"),
+    (dict(temperature=-0.1), "temperature must be a finite float >= 0"),
     (dict(top_p=0.0), r"top_p must be a float in \(0, 1\]"),
     (dict(top_p=1.5), r"top_p must be a float in \(0, 1\]"),
-    (dict(top_k=-2), "top_k must be an int >= -1"),
-    (dict(stop_token_ids=5), "stop_token_ids must be a sequence of non-negative ints, got 5"),
+    (dict(top_k=-2), r"top_k must be an int in \[-1, 2\*\*31\)"),
+    (dict(stop_token_ids=5), "stop_token_ids must be a sequence of token ids .*, got 5"),
     (dict(logprobs=-1), "logprobs must be a bool, got -1"),
     (dict(ignore_eos="yes"), "ignore_eos must be a bool, got 'yes'"),
+    # The types the step packs them into (issue 18): int32 counts, finite float32.
+    (dict(top_k=2**31), r"top_k must be an int in \[-1, 2\*\*31\)"),
+    (dict(max_tokens=2**31), "max_tokens must be an int in"),
+    (dict(temperature=float("inf")), "temperature must be a finite float"),
+    (dict(temperature=1e39), "temperature must be a finite float"),
+    (dict(top_p=float("nan")), "top_p must be a float"),
+    (dict(stop_token_ids=[1, 2**31]), r"stop_token_ids\[1\] must be a token id"),
+    (dict(seed=True), "seed must be None or an int"),
+    (dict(temperature=True), "temperature must be a finite float"),
+    (dict(top_k=10**5000), "top_k must be .*, got an int of about 5000 digits"),
 ])
 def test_bad_sampling_params(kw, match):
     with pytest.raises(ValueError, match=match):
