@@ -10,9 +10,15 @@ def get_config():
     c.max_num_seqs = 64                 # most requests running at once
     c.max_num_batched_tokens = 512      # token budget per step (chunked prefill splits prompts)
     c.block_size = 16                   # tokens per KV block, a power of two
-    c.num_kv_blocks = 0                 # 0 = enough for max_num_seqs full-length requests...
-    c.kv_cache_memory_bytes = 2**30     # ...capped by this many bytes of KV cache
-    c.max_model_len = 2048              # prompt + output tokens per request
+    c.num_kv_blocks = 0                 # 0 = enough for max_num_seqs full-length requests,
+    #                                     capped by the KV memory budget:
+    c.kv_cache_memory_bytes = 0         # bytes of KV per device; 0 = from memory_utilization
+    c.memory_utilization = 0.9          # fraction of device memory (GPU) or host RAM (CPU) for
+    #                                     weights + activations + KV (vLLM's gpu_memory_utilization)
+    c.cpu_kv_cache_max_bytes = 4 * 2**30  # CPU: the automatic KV budget stops here (vLLM-CPU's
+    #                                     default KV space)
+    c.max_model_len = 0                 # prompt + output tokens per request; 0 = the model's own
+    #                                     limit, capped by what the KV pool holds
     c.policy = "chunked"                # static | continuous | chunked | predictive
     c.attention_impl = "reference"      # reference | pallas | pallas_interpret
     c.tensor_parallel_size = 1          # devices per replica (tp mesh axis); must divide the

@@ -40,4 +40,6 @@ def get_config():
     c.access_log = False                # one log line per request (off: 500 streams flood it)
     c.engine = _engine_config()         # the engine (configs/engine.py), fixed at start
     c.engine.max_num_seqs = 128         # the tiny model on a CPU batches this many well
+    c.engine.warmup = True              # compile the short-context step shapes before serving,
+    #                                     so the first request does not pay for compilation
     return c

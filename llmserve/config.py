@@ -30,8 +30,13 @@ class EngineConfig:
     max_num_batched_tokens: int = 512   # token budget per step
     block_size: int = 16                # tokens per KV block (power of two)
     num_kv_blocks: int = 0              # 0: enough for max_num_seqs full-length requests,
-    kv_cache_memory_bytes: int = 2**30  # ...capped by this memory budget
-    max_model_len: int = 2048           # prompt + output tokens per request
+    #                                     capped by the KV memory budget below
+    kv_cache_memory_bytes: int = 0      # KV budget per device; 0: from memory_utilization
+    memory_utilization: float = 0.9     # fraction of the device's memory (GPU allocator
+    #                                     limit, or host RAM) for weights + activations + KV
+    cpu_kv_cache_max_bytes: int = 4 * 2**30  # on a CPU the automatic KV budget stops here
+    max_model_len: int = 0              # prompt + output tokens per request; 0: the model's
+    #                                     limit, capped by what the KV pool holds
     policy: str = "chunked"             # scheduling preset
     attention_impl: str = "reference"   # reference (plain jnp) | pallas | pallas_interpret
     tensor_parallel_size: int = 1       # devices one replica's heads/MLP columns are split over
@@ -68,23 +73,30 @@ class EngineConfig:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"config field {name!r} must be one of {allowed}, "
                                  f"got {getattr(self, name)!r}")
-        for name in ("max_num_seqs", "max_num_batched_tokens", "max_model_len",
-                     "kv_cache_memory_bytes", "tensor_parallel_size"):
+        for name in ("max_num_seqs", "max_num_batched_tokens", "tensor_parallel_size",
+                     "cpu_kv_cache_max_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"config field {name!r} must be >= 1, got {getattr(self, name)}")
-        if self.num_kv_blocks < 0:
-            raise ValueError(f"config field 'num_kv_blocks' must be >= 0 (0 = automatic), "
-                             f"got {self.num_kv_blocks}")
+        for name in ("num_kv_blocks", "max_model_len", "kv_cache_memory_bytes"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"config field {name!r} must be >= 0 (0 = automatic), "
+                                 f"got {getattr(self, name)}")
+        if not 0 < self.memory_utilization <= 1:
+            raise ValueError("config field 'memory_utilization' must be in (0, 1], got "
+                             f"{self.memory_utilization}")
         # Unknown or inconsistent scheduler knobs fail here, when the config is built.
         self.scheduler_config(max(1, self.num_kv_blocks))
 
     def scheduler_config(self, num_kv_blocks: int):
         """The SchedulerConfig of this engine config (knobs left None come from the preset)."""
         knobs = {k: getattr(self, k) for k in SCHEDULER_KNOBS if getattr(self, k) is not None}
+        # max_model_len 0 (automatic) is resolved by the engine; until then, check the knobs
+        # with the longest length every preset accepts.
+        length = self.max_model_len or min(self.max_num_batched_tokens, 2048)
         return SchedulerConfig.for_policy(
             self.policy, max_num_seqs=self.max_num_seqs,
             max_num_batched_tokens=self.max_num_batched_tokens, block_size=self.block_size,
-            num_kv_blocks=num_kv_blocks, max_model_len=self.max_model_len, **knobs)
+            num_kv_blocks=num_kv_blocks, max_model_len=length, **knobs)
 
     @classmethod
     def from_dict(cls, d: Any) -> EngineConfig:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import time
 from collections.abc import Sequence
@@ -54,13 +55,9 @@ class LLMEngine:
         else:
             self.model_config, params, self.tokenizer = model
         mc = self.model_config
-        if config.max_model_len > mc.max_position_embeddings:
-            raise ValueError(f"max_model_len ({config.max_model_len}) exceeds the model's "
-                             f"max_position_embeddings ({mc.max_position_embeddings}): set "
-                             f"max_model_len <= {mc.max_position_embeddings} (LLM(..., "
-                             "max_model_len=N), --config.engine.max_model_len=N in the "
-                             "scripts; the default is 2048)")
-        num_blocks = config.num_kv_blocks or self._auto_num_blocks()
+        self.kv_plan = self._plan_kv(simulated=runner is not None)
+        config = self.config = config.replace(max_model_len=self.kv_plan.max_model_len)
+        num_blocks = self.kv_plan.num_blocks
         self.scheduler = create_scheduler(config.scheduler_config(num_blocks))
         if runner is None:
             from llmserve.runner.jax_runner import JaxRunner
@@ -71,7 +68,7 @@ class LLMEngine:
                                attention_impl=config.attention_impl,
                                tensor_parallel_size=config.tensor_parallel_size)
             if config.warmup:
-                runner.warmup()
+                self._warmup(runner)
         self.runner = runner
         self._counter = itertools.count()
         self.step_times: list[float] = []
@@ -80,13 +77,45 @@ class LLMEngine:
             from llmserve.workload.trace_log import TraceLogWriter
             self._trace_log = TraceLogWriter(config.trace_log)
 
-    def _auto_num_blocks(self) -> int:
+    @staticmethod
+    def _warmup(runner):
+        """Compile, before the first request, every token-count shape at the smallest
+        block-table bucket: what requests with short contexts hit. Compiling every bucket
+        would take minutes on a real model (30 layers: seconds a shape); longer contexts
+        compile on first use."""
+        b = runner.buckets
+        shapes = [s for s in b.all_shapes() if s[2] == b.block_buckets[0]]
+        t0 = time.perf_counter()
+        runner.warmup(shapes)
+        logging.getLogger("llmserve").info("warmup: compiled %d step shapes in %.1f s",
+                                           len(shapes), time.perf_counter() - t0)
+
+    def _plan_kv(self, simulated: bool):
+        """Blocks and max_model_len from the model and the memory (runner/kv_sizing.py). An
+        injected runner (simulator, mock) has no device of its own: its default budget is a
+        fixed 1 GiB, so simulated results do not depend on the host they run on."""
         from llmserve.model.kv_cache import kv_bytes_per_block
-        c = self.config
-        full = c.max_num_seqs * -(-c.max_model_len // c.block_size)
-        # kv_cache_memory_bytes is per device: tensor parallelism splits each block over tp.
-        per_block = kv_bytes_per_block(self.model_config, c.block_size) // c.tensor_parallel_size
-        return max(1, min(full, c.kv_cache_memory_bytes // per_block))
+        from llmserve.runner import kv_sizing
+        c, mc = self.config, self.model_config
+        if simulated:
+            budget = (c.kv_cache_memory_bytes or kv_sizing.GIB, "simulated runner")
+        else:
+            budget = kv_sizing.kv_budget(
+                kv_cache_memory_bytes=c.kv_cache_memory_bytes,
+                memory_utilization=c.memory_utilization,
+                cpu_kv_cache_max_bytes=c.cpu_kv_cache_max_bytes,
+                reserve_bytes=kv_sizing.activation_reserve_bytes(mc, c.max_num_batched_tokens))
+        # Tensor parallelism splits each block over the devices; budgets are per device.
+        plan = kv_sizing.plan_kv(
+            block_bytes=kv_bytes_per_block(mc, c.block_size) // c.tensor_parallel_size,
+            block_size=c.block_size, max_num_seqs=c.max_num_seqs,
+            max_num_batched_tokens=c.max_num_batched_tokens,
+            chunked_prefill=c.scheduler_config(1).chunked_prefill,
+            model_max_len=mc.max_position_embeddings, max_model_len=c.max_model_len,
+            num_kv_blocks=c.num_kv_blocks, budget_bytes=budget[0], source=budget[1])
+        if not simulated:
+            logging.getLogger("llmserve").info(plan.describe(c.block_size))
+        return plan
 
     # ---- requests ----------------------------------------------------------------------------
     def _validate(self, prompt, sp: SamplingParams) -> tuple[list[int], str | None]:
@@ -189,7 +218,8 @@ class LLMEngine:
 _LLM_KWARGS = ("dtype", "max_num_seqs", "max_num_batched_tokens", "block_size", "num_kv_blocks",
                "max_model_len", "policy", "attention_impl", "seed", "load_format",
                "tensor_parallel_size",
-               "kv_cache_memory_bytes", "warmup", "trace_log") + SCHEDULER_KNOBS
+               "kv_cache_memory_bytes", "memory_utilization", "cpu_kv_cache_max_bytes",
+               "warmup", "trace_log") + SCHEDULER_KNOBS
 
 
 class LLM:

@@ -81,7 +81,7 @@ def start_subprocess_server(*overrides: str, log_path: str):
     s.close()
     cmd = [sys.executable, os.path.join(REPO, "scripts", "serve.py"),
            f"--config={os.path.join(REPO, 'configs', 'serve.py')}", f"--config.port={port}",
-           *overrides]
+           "--config.engine.warmup=False", *overrides]
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     log = open(log_path, "w")
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
