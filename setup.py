@@ -17,6 +17,8 @@ setup(
         "ml-collections",
         "safetensors",
         "tokenizers",
+        "gguf>=0.19",   # GGUF files (llama.cpp's reader and dequantizers), llmserve.model.gguf_loader
+        "jinja2",       # chat templates (LLM.chat, the server's chat endpoint)
         "scipy",        # cost-model fit (llmserve.sim)
         "matplotlib",   # benchmark figures (llmserve.metrics.report)
     ],

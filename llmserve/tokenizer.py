@@ -1,9 +1,13 @@
-"""Tokenizers: a checkpoint's Hugging Face tokenizer.json, a byte-level fallback, or ids only.
+"""Tokenizers: a checkpoint's Hugging Face tokenizer.json, a GGUF file's vocabulary, a
+byte-level fallback, or ids only; and the chat template that goes with them.
 
 All implement the same small protocol (`Tokenizer`). `load_tokenizer(path_or_None, cfg)`
 picks one:
   * the checkpoint directory has tokenizer.json   -> HFTokenizer (HF `tokenizers` library,
     imported only when such a tokenizer is built)
+  * a GGUF file with a byte-level BPE vocabulary (tokenizer.ggml.model 'gpt2') -> HFTokenizer
+    built from its tokens, merges and token types (llmserve/gguf_tokenizer.py), as
+    transformers' GGUF tokenizer builds it
   * a preset (no directory) whose vocabulary holds the 259 byte-level ids, or a checkpoint
     whose vocabulary is exactly those 259 (e.g. one written by loader.save_hf_checkpoint from
     a dummy preset) -> ByteTokenizer: bytes 0-255, <bos> 256, <eos> 257, <pad> 258
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
@@ -36,6 +41,8 @@ class Tokenizer(Protocol):
 
 class ByteTokenizer:
     """UTF-8 bytes as ids 0-255; <bos> 256, <eos> 257, <pad> 258."""
+
+    chat_template = None
 
     bos_token_id = BYTE_BOS
     eos_token_ids = (BYTE_EOS,)
@@ -62,11 +69,15 @@ class ByteTokenizer:
 class TokenIdsOnly:
     """For a checkpoint without tokenizer.json whose vocabulary cannot hold byte ids."""
 
-    def __init__(self, cfg: ModelConfig, path: str | None = None):
+    chat_template = None
+
+    def __init__(self, cfg: ModelConfig, path: str | None = None, reason: str | None = None):
         self.vocab_size = cfg.vocab_size
         self.bos_token_id = cfg.bos_token_id
         self.eos_token_ids = tuple(cfg.eos_token_ids)
-        if path:
+        if reason:
+            self._where = reason
+        elif path:
             self._where = (f"checkpoint {path!r} has no tokenizer.json (and its vocabulary of "
                            f"{cfg.vocab_size} is not the {BYTE_VOCAB_SIZE}-id byte-level one)")
         else:
@@ -82,6 +93,10 @@ class TokenIdsOnly:
 
     def __repr__(self) -> str:
         return f"TokenIdsOnly(vocab_size={self.vocab_size})"
+
+
+class UnsupportedTokenizer(ValueError):
+    """A GGUF vocabulary of a kind this module cannot build: the model still runs on ids."""
 
 
 class HFTokenizer:
@@ -135,9 +150,41 @@ class HFTokenizer:
             eos_ids += [i for i in cfg.eos_token_ids if i not in eos_ids]
         self.eos_token_ids = tuple(eos_ids)
         self.add_bos = bool(tc.get("add_bos_token", False))
+        self.add_eos = False  # the tokenizer.json post-processor adds EOS where one is wanted
+        self.chat_template = named_chat_template(tc.get("chat_template"), tc_fn)
+        self._check_size(fn, cfg)
+
+    @classmethod
+    def from_gguf(cls, path: str, cfg: ModelConfig | None = None) -> HFTokenizer:
+        """The tokenizer a GGUF file's metadata describes (byte-level BPE vocabularies), with
+        BOS/EOS and add-BOS as transformers' GGUF tokenizer has them; `chat_template` from
+        tokenizer.chat_template."""
+        from llmserve.gguf_tokenizer import build_byte_level_bpe
+        from llmserve.model.gguf_loader import tokenizer_metadata
+        meta = tokenizer_metadata(path)
+        if meta["model"] != "gpt2":
+            raise UnsupportedTokenizer(
+                f"{meta['path']}: tokenizer.ggml.model {meta['model']!r} is not supported "
+                "(only 'gpt2', byte-level BPE)")
+        self = cls.__new__(cls)
+        self.path = meta["path"]
+        self._tok = build_byte_level_bpe(meta)
+        self.bos_token_id = meta["bos_id"]
+        eos_ids = [meta["eos_id"]] if meta["eos_id"] is not None else []
+        if cfg is not None:
+            eos_ids += [i for i in cfg.eos_token_ids if i not in eos_ids]
+        self.eos_token_ids = tuple(eos_ids)
+        # llama.cpp (and transformers) add BOS to a byte-level vocabulary only when asked.
+        self.add_bos = bool(meta["add_bos"])
+        self.add_eos = bool(meta["add_eos"]) and meta["eos_id"] is not None
+        self.chat_template = meta["chat_template"]
+        self._check_size(self.path, cfg)
+        return self
+
+    def _check_size(self, where: str, cfg: ModelConfig | None) -> None:
         self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
         if cfg is not None and self.vocab_size > cfg.vocab_size:
-            raise ValueError(f"{fn} has {self.vocab_size} tokens, more than the model's "
+            raise ValueError(f"{where} has {self.vocab_size} tokens, more than the model's "
                              f"vocab_size {cfg.vocab_size}")
 
     def encode(self, text: str) -> list[int]:
@@ -147,6 +194,8 @@ class HFTokenizer:
         if self.add_bos and self.bos_token_id is not None and (not ids or
                                                                ids[0] != self.bos_token_id):
             ids = [self.bos_token_id] + ids
+        if self.add_eos and (not ids or ids[-1] != self.eos_token_ids[0]):
+            ids = ids + [self.eos_token_ids[0]]
         return ids
 
     def decode(self, ids: Sequence[int]) -> str:
@@ -193,8 +242,98 @@ def decode_each_after(tokenizer, context: Sequence[int], pieces) -> list[str]:
 
 def load_tokenizer(path: str | None, cfg: ModelConfig):
     """The tokenizer for a model: see the module docstring for the choice."""
+    if path is not None and os.path.isfile(os.fspath(path)):
+        try:
+            return HFTokenizer.from_gguf(path, cfg)
+        except UnsupportedTokenizer as e:
+            return TokenIdsOnly(cfg, reason=str(e))
     if path is not None and os.path.isfile(os.path.join(os.fspath(path), "tokenizer.json")):
         return HFTokenizer(path, cfg)
     if cfg.vocab_size == BYTE_VOCAB_SIZE or (path is None and cfg.vocab_size > BYTE_VOCAB_SIZE):
         return ByteTokenizer()
     return TokenIdsOnly(cfg, None if path is None else os.fspath(path))
+
+
+# ---------------------------------------------------------------------------------------------
+# chat templates (LLM.chat and the server's chat endpoint)
+# ---------------------------------------------------------------------------------------------
+# Role headers a byte-level dummy model can encode; the generation prompt ends with the
+# assistant header so the model continues as the assistant.
+DEFAULT_CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
+
+
+def named_chat_template(tpl, where: str) -> str | None:
+    """tokenizer_config.json's chat_template: a string, or a list of named ones ("default")."""
+    if isinstance(tpl, list):
+        tpl = {t.get("name"): t.get("template") for t in tpl if isinstance(t, dict)}.get("default")
+    if tpl is not None and not isinstance(tpl, str):
+        raise ValueError(f"{where}: chat_template must be a string, got {type(tpl).__name__}")
+    return tpl
+
+
+class ChatTemplateError(ValueError):
+    """A template refused the conversation (e.g. roles that do not alternate)."""
+
+
+def _raise(message):
+    raise ChatTemplateError(message)
+
+
+def _tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+    return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators,
+                      sort_keys=sort_keys)
+
+
+class ChatTemplate:
+    """A jinja2 chat template rendered in a sandbox with the environment transformers gives it
+    (trim_blocks, lstrip_blocks, loop controls, raise_exception, tojson, strftime_now): a
+    template is code shipped with a checkpoint."""
+
+    def __init__(self, source: str, bos_token: str = "", eos_token: str = ""):
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                            extensions=["jinja2.ext.loopcontrols"])
+        env.globals["raise_exception"] = _raise
+        env.globals["strftime_now"] = lambda fmt: time.strftime(fmt)
+        env.filters["tojson"] = _tojson
+        self.source = source
+        self.template = env.from_string(source)    # a syntax error fails at start, not later
+        self.bos_token = bos_token
+        self.eos_token = eos_token
+
+    def render(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+        from jinja2 import TemplateError
+        try:
+            return self.template.render(messages=messages,
+                                        add_generation_prompt=add_generation_prompt,
+                                        bos_token=self.bos_token, eos_token=self.eos_token)
+        except ChatTemplateError:
+            raise
+        except TemplateError as e:
+            raise ChatTemplateError(f"the chat template failed on these messages: {e}") from None
+
+
+def _special_text(tokenizer, tid) -> str:
+    if tid is None or not isinstance(tokenizer, HFTokenizer):
+        return ""
+    return tokenizer._tok.id_to_token(tid) or ""
+
+
+def chat_template_for(tokenizer, source: str | None = None) -> ChatTemplate:
+    """The model's chat template (`source`, else the tokenizer's own: a GGUF's
+    tokenizer.chat_template or tokenizer_config.json's), else DEFAULT_CHAT_TEMPLATE."""
+    source = source or getattr(tokenizer, "chat_template", None) or DEFAULT_CHAT_TEMPLATE
+    eos = tokenizer.eos_token_ids[0] if tokenizer.eos_token_ids else None
+    return ChatTemplate(source, _special_text(tokenizer, tokenizer.bos_token_id),
+                        _special_text(tokenizer, eos))
+
+
+def encode_chat(tokenizer, text: str) -> list[int]:
+    """Templates usually write the BOS token themselves; the tokenizer may add another."""
+    ids = tokenizer.encode(text)
+    bos = tokenizer.bos_token_id
+    if bos is not None and len(ids) >= 2 and ids[0] == ids[1] == bos:
+        ids = ids[1:]
+    return ids

@@ -1,5 +1,7 @@
 """Hugging Face checkpoints: config.json + *.safetensors -> (ModelConfig, params), and back.
 
+load_config/load_params also take a GGUF file (llama.cpp's format), read by gguf_loader.py.
+
 Supported architectures: Llama (incl. Llama-3 rope scaling), Mistral, Qwen2 (q/k/v biases).
 
 Safetensors files are parsed here, without torch or the `safetensors` package: an 8-byte
@@ -208,11 +210,14 @@ def _token_ids(v: Any, key: str, fn: str) -> int | tuple[int, ...] | None:
 
 
 def load_config(path: str, dtype: str | None = None) -> ModelConfig:
-    """ModelConfig from a Hugging Face checkpoint directory's config.json.
+    """ModelConfig from a Hugging Face checkpoint directory's config.json, or a GGUF file.
 
     `dtype` overrides the checkpoint's torch_dtype/dtype (float32 when neither is given).
     Raises ValueError for anything the model code cannot run exactly.
     """
+    if os.path.isfile(os.fspath(path)):
+        from llmserve.model.gguf_loader import load_gguf_config
+        return load_gguf_config(path, dtype)
     hf = _read_config_json(path)
     fn = os.path.join(os.fspath(path), "config.json")
     mt = hf.get("model_type")
@@ -358,17 +363,21 @@ def _open_checkpoint(path: str) -> dict[str, SafetensorsFile]:
 
 
 @functools.partial(jax.jit, static_argnames=("transpose", "dtype"))
-def _convert(x, transpose: bool, dtype: str):
+def convert_on_device(x, transpose: bool, dtype: str):
     return (x.T if transpose else x).astype(dtype)
 
 
 def load_params(path: str, cfg: ModelConfig, dtype: str | None = None) -> dict:
-    """Params pytree (see params.py) from a checkpoint directory's safetensors file(s).
+    """Params pytree (see params.py) from a checkpoint directory's safetensors file(s), or a
+    GGUF file (dequantized).
 
     Every expected tensor must be present with the exact HF shape; tensors we don't use are
     an error too (they would mean the config and the weights disagree), except rotary
     inv_freq buffers and a redundant lm_head.weight of a tied model.
     """
+    if os.path.isfile(os.fspath(path)):
+        from llmserve.model.gguf_loader import load_gguf_params
+        return load_gguf_params(path, cfg, dtype)
     dtype = str(jnp.dtype(dtype or cfg.dtype))
     where = _open_checkpoint(path)
     # Some checkpoints of the bare model (LlamaModel) omit the "model." prefix.
@@ -387,7 +396,7 @@ def load_params(path: str, cfg: ModelConfig, dtype: str | None = None) -> dict:
         if st.shape(src) != expected:
             raise ValueError(f"tensor {src!r} in {st.path} has shape {list(st.shape(src))}, "
                              f"expected {list(expected)} for this config.json")
-        arr = _convert(jax.device_put(st.get(src)), transpose, dtype)
+        arr = convert_on_device(jax.device_put(st.get(src)), transpose, dtype)
         if len(key) == 1:
             params[key[0]] = arr
         else:
@@ -454,7 +463,7 @@ def save_hf_checkpoint(params: dict, cfg: ModelConfig, path: str,
         node: Any = params
         for k in key:
             node = node[k]
-        a = np.asarray(jax.device_get(_convert(node, transpose, dtype)))
+        a = np.asarray(jax.device_get(convert_on_device(node, transpose, dtype)))
         tensors[name] = a
     save_safetensors(os.path.join(path, "model.safetensors"), tensors,
                      metadata={"format": "pt"})
