@@ -18,22 +18,21 @@ from llmserve.tokenizer import decode_continuation
 
 
 def _resolve_model(config: EngineConfig):
-    """-> (ModelConfig, params, tokenizer, checkpoint dir or None)."""
+    """-> (ModelConfig, params, tokenizer, checkpoint dir / GGUF file, or None for a preset)."""
     import jax.numpy as jnp  # noqa: F401  (keeps jax import out of module import time)
     from llmserve.model.config import get_preset
+    from llmserve.model.gguf_loader import resolve_checkpoint
     from llmserve.model.params import init_params
     from llmserve.tokenizer import load_tokenizer
 
-    path = config.model if os.path.isdir(config.model) else None
-    if path is None and config.load_format == "safetensors":
+    path = resolve_checkpoint(config.model)  # a directory, a .gguf file, a packaged name
+    if config.load_format == "safetensors" and (path is None or not os.path.isdir(path)):
         raise ValueError(f"model {config.model!r} is not a directory; load_format='safetensors' "
-                         "needs a checkpoint directory")
+                         "needs a checkpoint directory (a GGUF file loads with 'auto')")
     if path is not None:
         from llmserve.model import loader
         cfg = loader.load_config(path)
     else:
-        if os.sep in config.model or config.model.startswith("."):
-            raise ValueError(f"model {config.model!r}: no such checkpoint directory")
         cfg = get_preset(config.model)
     if config.dtype != "auto":
         cfg = cfg.replace(dtype=config.dtype)
@@ -239,6 +238,29 @@ class LLM:
     @property
     def tokenizer(self):
         return self.engine.tokenizer
+
+    def chat(self, messages, sampling_params=None,
+             add_generation_prompt: bool = True) -> list[RequestOutput]:
+        """Replies to conversations, as vLLM's LLM.chat: `messages` is one conversation (a list
+        of {"role": ..., "content": ...}) or a list of them, each rendered with the model's chat
+        template (a GGUF's tokenizer.chat_template, tokenizer_config.json's, else a plain one)."""
+        from llmserve.tokenizer import chat_template_for, encode_chat
+        if isinstance(messages, (list, tuple)) and messages and isinstance(messages[0], dict):
+            messages = [messages]
+        if not isinstance(messages, (list, tuple)) or not messages:
+            raise ValueError("messages must be a conversation (a list of {'role', 'content'} "
+                             "dicts) or a non-empty list of conversations")
+        for i, conv in enumerate(messages):
+            if not isinstance(conv, (list, tuple)) or not all(
+                    isinstance(m, dict) and isinstance(m.get("role"), str)
+                    and isinstance(m.get("content"), str) for m in conv):
+                raise ValueError(f"conversation {i} must be a list of dicts with string 'role' "
+                                 f"and 'content', got {conv!r:.120}")
+        if getattr(self, "_chat_template", None) is None:
+            self._chat_template = chat_template_for(self.tokenizer)
+        prompts = [encode_chat(self.tokenizer, self._chat_template.render(
+            list(conv), add_generation_prompt)) for conv in messages]
+        return self.generate(prompts, sampling_params)
 
     def generate(self, prompts: str | Sequence, sampling_params=None) -> list[RequestOutput]:
         """Generate for every prompt (string or token-id list); outputs in input order.
