@@ -103,7 +103,11 @@ def _open_source(src: str, offset: int, timeout_s: float):
         except urllib.error.HTTPError as e:
             if e.code == 416 and offset:        # the .part is already whole (or longer)
                 return None, offset
+            if e.code >= 500 or e.code == 429:  # the server's trouble: worth a retry
+                raise FetchError(f"HTTP {e.code} {e.reason} for {src}") from None
             raise ValueError(f"HTTP {e.code} {e.reason} for {src}") from None
+        except (urllib.error.URLError, OSError) as e:  # refused, reset, timed out
+            raise FetchError(f"{src}: {getattr(e, 'reason', e)}") from None
         start = offset if getattr(resp, "status", 200) == 206 else 0
         return resp, start
     if not os.path.isfile(src):
@@ -129,25 +133,22 @@ def _download(f: DataFile, src: str, part: str, timeout_s: float) -> None:
         log.info("%s: the source does not resume, starting over", f.name)
     done = start
     bar = _Progress(f.name, f.size, done)
-    try:
-        with body, open(part, "r+b" if start else "wb") as out:
-            out.seek(start)
-            out.truncate()
-            try:
-                while block := body.read(_CHUNK):
-                    out.write(block)
-                    done += len(block)
-                    bar.update(done)
-                    if done > f.size:
-                        break
-            except (http.client.IncompleteRead, OSError) as e:
-                raise FetchError(f"{f.name}: the transfer broke off after {done:,} of "
-                                 f"{f.size:,} bytes ({type(e).__name__})") from None
-            finally:
-                out.flush()
-                os.fsync(out.fileno())
-    except urllib.error.URLError as e:
-        raise FetchError(f"{f.name}: {src}: {e.reason}") from None
+    with body, open(part, "r+b" if start else "wb") as out:
+        out.seek(start)
+        out.truncate()
+        try:
+            while block := body.read(_CHUNK):
+                out.write(block)
+                done += len(block)
+                bar.update(done)
+                if done > f.size:
+                    break
+        except (http.client.IncompleteRead, OSError) as e:
+            raise FetchError(f"{f.name}: the transfer broke off after {done:,} of "
+                             f"{f.size:,} bytes ({type(e).__name__})") from None
+        finally:
+            out.flush()
+            os.fsync(out.fileno())
     if done < f.size:
         raise FetchError(f"{f.name}: the transfer broke off after {done:,} of {f.size:,} "
                          "bytes")
