@@ -164,11 +164,11 @@ def _jax_model(name: str, dtype: str, seed: int):
     return mc, params, tok
 
 
-def _efficiency(cfg: dict):
+def _efficiency(cfg: dict, hw=None):
     import json
 
     from llmserve.sim.cost_model import Efficiency
-    eff = {}
+    eff = dict(getattr(hw, "efficiency", ()))     # a fitted profile's factors, then overrides
     path = _g(cfg, "cost_model.calibration")
     if path:
         with open(path) as f:
@@ -197,7 +197,7 @@ def make_setup(config) -> Setup:
     else:
         hw = get_hardware(cfg.get("hardware", "h100-80gb"))
     bs = _g(cfg, "engine.block_size", 16)
-    cm = CostModel(mc, hw, _efficiency(cfg), block_size=bs)
+    cm = CostModel(mc, hw, _efficiency(cfg, hw), block_size=bs)
     nb = _g(cfg, "engine.num_kv_blocks") or 0
     if not nb:
         if runner == "sim":

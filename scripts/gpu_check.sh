@@ -19,6 +19,9 @@
 #   confirm           the best two ragged (+ per layer) / decode configs + defaults ~35 s
 #   summary           results.json + tables (also in summary.txt)                  ~1 s
 #   engine            scripts/engine_gpu_bench.py, if it exists (timeout 150)
+#   calib_sweep       scripts/calib_sweep.py: runner step times over batch x context x
+#                     chunk, the JSON scripts/fit_profile.py refits the simulator from
+#                     (timeout CALIB_TIMEOUT_S, default 120; skipped under 40 s left)
 #   ncu               if ncu exists, per kernel while >= 50 s are left: Nsight Compute's
 #                     speed-of-light, occupancy, warp-state and memory sections of the
 #                     3rd decode (B=64, 2k) launch, then of each ragged tile class's,
@@ -114,6 +117,28 @@ if [[ -f "$ROOT/scripts/engine_gpu_bench.py" ]]; then
     say "engine bench skipped: ${left}s left"
     record_rc engine '"skipped"' 0
   fi
+fi
+# Calibration sweep: the real runner's step time over batch x context x chunk (Llama-3-8B,
+# pallas), for the simulator's cost model. Refit here afterwards, in one command:
+#   python scripts/fit_profile.py --config=configs/fit_profile.py \
+#     --config.inputs=<out>/calib_sweep.json --config.name=h200-fit
+# CALIB_PROFILE=smoke runs the tiny-model CPU version (with the smoke dry run above).
+left=$(( TOTAL_BUDGET_S - $(elapsed) ))
+cap="${CALIB_TIMEOUT_S:-120}"
+t=$(( left < cap ? left : cap ))
+if [[ "${CALIB_PROFILE:-gpu}" == smoke ]]; then t=$cap; fi
+if (( t >= 40 )); then
+  say "calibration sweep (timeout ${t}s)"
+  t0=$(date +%s)
+  timeout -k 5 "$t" "$PY" scripts/calib_sweep.py --profile="${CALIB_PROFILE:-gpu}" \
+    --budget_s=$(( t - 30 )) --out="$OUT_DIR/calib_sweep.json" > "$OUT_DIR/calib_sweep.log" 2>&1
+  rc=$?
+  say "calibration sweep rc=$rc ($(( $(date +%s) - t0 ))s)"
+  record_rc calib_sweep "$rc" "$(( $(date +%s) - t0 ))"
+  tail -n 20 "$OUT_DIR/calib_sweep.log"
+else
+  say "calibration sweep skipped: ${left}s left"
+  record_rc calib_sweep '"skipped"' 0
 fi
 left=$(( TOTAL_BUDGET_S - $(elapsed) ))
 NCU="$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu \

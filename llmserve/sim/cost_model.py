@@ -65,7 +65,8 @@ class CostModel:
         self.model = model
         self.tp = tp
         self.hardware = hardware
-        self.efficiency = efficiency or Efficiency()
+        # A fitted hardware profile carries its own factors (sim/hardware.py).
+        self.efficiency = efficiency or Efficiency(**dict(hardware.efficiency))
         self.buckets = buckets
         self.block_size = block_size
         m = model

@@ -1,7 +1,15 @@
-"""Accelerator profiles: dense bf16 peak FLOP/s, HBM bandwidth and memory (vendor datasheets)."""
+"""Accelerator profiles: dense bf16 peak FLOP/s, HBM bandwidth and memory (vendor datasheets).
+
+Fitted profiles: a JSON in sim/profiles/ (written by sim/calibrate.save_profile) names a base
+profile and the cost-model efficiency factors fitted to that device's measured step times;
+get_hardware(its name) returns the base profile carrying them, and CostModel uses them in place
+of the defaults (e.g. `h200-fit`: the recorded H200 runs).
+"""
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import time
 
 import numpy as np
@@ -17,6 +25,8 @@ class HardwareProfile:
     # one way per device, and latency per ring hop. 0 = none (no tensor parallelism).
     link_bandwidth: float = 0.0
     link_latency_s: float = 0.0
+    # Fitted cost-model efficiency factors, ((name, value), ...); empty = the defaults.
+    efficiency: tuple = ()
 
 
 PROFILES = {
@@ -38,13 +48,38 @@ PROFILES = {
 }
 
 
+PROFILE_DIR = os.path.join(os.path.dirname(__file__), "profiles")
+
+
+def fitted_profiles() -> list[str]:
+    """Names of the fitted profiles in sim/profiles/."""
+    if not os.path.isdir(PROFILE_DIR):
+        return []
+    return sorted(f[:-5] for f in os.listdir(PROFILE_DIR) if f.endswith(".json"))
+
+
+def load_fitted(name: str) -> HardwareProfile:
+    path = os.path.join(PROFILE_DIR, f"{name}.json")
+    with open(path) as f:
+        data = json.load(f)
+    base = data.get("base")
+    if base not in PROFILES:
+        raise ValueError(f"fitted profile {path}: base must be one of {sorted(PROFILES)}, "
+                         f"got {base!r}")
+    eff = tuple(sorted((k, float(v)) for k, v in data["efficiency"].items()))
+    return dataclasses.replace(PROFILES[base], name=name, efficiency=eff)
+
+
 def get_hardware(name: str) -> HardwareProfile:
     key = name.lower()
     if key == "cpu":
         return measure_cpu()
-    if key not in PROFILES:
-        raise ValueError(f"hardware must be one of {sorted(PROFILES) + ['cpu']}, got {name!r}")
-    return PROFILES[key]
+    if key in PROFILES:
+        return PROFILES[key]
+    if key in fitted_profiles():
+        return load_fitted(key)
+    raise ValueError(f"hardware must be one of {sorted(PROFILES) + fitted_profiles() + ['cpu']}"
+                     f", got {name!r}")
 
 
 _CPU: HardwareProfile | None = None
