@@ -2,9 +2,32 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 _DTYPES = ("float32", "bfloat16", "float16")
+_INT32_MAX = 2**31 - 1      # token ids, positions and sizes are int32 in the step
+
+
+def config_int(source: str, key: str, value, least: int = 1) -> int:
+    """A size read from a checkpoint's config (config.json, GGUF metadata), as JSON gave it:
+    an int in [least, 2**31), not a string, a float or a bool. ValueError naming source and
+    key (hidden_size: "64" once loaded as 64 by int())."""
+    if isinstance(value, bool) or not isinstance(value, int) or \
+            not least <= value <= _INT32_MAX:
+        raise ValueError(f"{source}: {key} must be an int in [{least}, 2**31), got "
+                         f"{value!r:.80}")
+    return value
+
+
+def config_float(source: str, key: str, value) -> float:
+    """A positive, finite real read from a checkpoint's config (rms_norm_eps, rope_theta,
+    rope scaling factors): rms_norm_eps -1 loaded and then produced empty text."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+            not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{source}: {key} must be a positive finite number, got "
+                         f"{value!r:.80}")
+    return float(value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,11 +60,17 @@ class ModelConfig:
     model_type: str = "llama"
 
     def __post_init__(self):
+        # Checked here as well as by the loaders, so no source of a ModelConfig (presets,
+        # config.json, GGUF, replace()) can carry a value the model code turns into garbage.
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers",
                      "num_heads", "num_kv_heads", "head_dim", "max_position_embeddings"):
+            config_int("ModelConfig", name, getattr(self, name))
+        for name in ("rms_norm_eps", "rope_theta"):
+            config_float("ModelConfig", name, getattr(self, name))
+        for name in ("bos_token_id", "eos_token_id"):
             v = getattr(self, name)
-            if not isinstance(v, int) or v < 1:
-                raise ValueError(f"ModelConfig.{name} must be a positive int, got {v!r}")
+            for t in (v if isinstance(v, tuple) else () if v is None else (v,)):
+                config_int("ModelConfig", name, t, least=0)
         if self.num_heads % self.num_kv_heads:
             raise ValueError(
                 f"ModelConfig.num_heads ({self.num_heads}) must be a multiple of "

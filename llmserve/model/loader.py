@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
-from llmserve.model.config import ModelConfig, RopeScaling
+from llmserve.model.config import ModelConfig, RopeScaling, config_float, config_int
 from llmserve.model.params import param_shapes
 
 log = logging.getLogger(__name__)
@@ -180,7 +180,7 @@ def _rope(hf: dict, fn: str, default_theta: float) -> tuple[float, RopeScaling |
             rs = rp
     elif rp is not None:
         raise ValueError(f"{fn}: rope_parameters must be an object, got {rp!r}")
-    theta = float(default_theta if theta is None else theta)
+    theta = config_float(fn, "rope_theta", default_theta if theta is None else theta)
     if rs is None:
         return theta, None
     if not isinstance(rs, dict):
@@ -194,9 +194,11 @@ def _rope(hf: dict, fn: str, default_theta: float) -> tuple[float, RopeScaling |
                          "(no scaling) and 'llama3'")
     try:
         return theta, RopeScaling(
-            factor=float(rs["factor"]), low_freq_factor=float(rs["low_freq_factor"]),
-            high_freq_factor=float(rs["high_freq_factor"]),
-            original_max_position_embeddings=int(rs["original_max_position_embeddings"]))
+            **{k: config_float(fn, f"rope_scaling.{k}", rs[k])
+               for k in ("factor", "low_freq_factor", "high_freq_factor")},
+            original_max_position_embeddings=config_int(
+                fn, "rope_scaling.original_max_position_embeddings",
+                rs["original_max_position_embeddings"]))
     except KeyError as e:
         raise ValueError(f"{fn}: llama3 rope scaling is missing {e.args[0]!r}") from None
 
@@ -247,7 +249,11 @@ def load_config(path: str, dtype: str | None = None) -> ModelConfig:
         if hf.get("attention_bias"):
             # Llama's attention_bias also puts a bias on o_proj, which our params lack.
             raise ValueError(f"{fn}: attention_bias=true is not supported for {mt}")
-    hidden, heads = int(req("hidden_size")), int(req("num_attention_heads"))
+
+    def size(key: str, value=None) -> int:    # sizes as JSON gave them: "64" is no int
+        return config_int(fn, key, req(key) if value is None else value)
+
+    hidden, heads = size("hidden_size"), size("num_attention_heads")
     head_dim = hf.get("head_dim")
     if head_dim is None:
         if hidden % heads:
@@ -256,11 +262,12 @@ def load_config(path: str, dtype: str | None = None) -> ModelConfig:
         head_dim = hidden // heads
     kv_heads = hf.get("num_key_value_heads")
     theta, scaling = _rope(hf, fn, d["rope_theta"])
-    max_pos = int(hf.get("max_position_embeddings") or d["max_position_embeddings"])
+    max_pos = size("max_position_embeddings",
+                   hf.get("max_position_embeddings") or d["max_position_embeddings"])
     window = hf.get("sliding_window")
     if mt == "qwen2" and not hf.get("use_sliding_window", False):
         window = None
-    if window is not None and int(window) < max_pos:
+    if window is not None and size("sliding_window", window) < max_pos:
         # We implement full attention only; it equals sliding-window attention while the
         # sequence fits in the window, so cap the usable length there.
         log.warning("%s: sliding_window=%s < max_position_embeddings=%s; full attention is "
@@ -274,11 +281,14 @@ def load_config(path: str, dtype: str | None = None) -> ModelConfig:
                              f"{sorted(set(_TORCH_DTYPES.values()))} (or pass dtype=)")
         dtype = _TORCH_DTYPES[td]
     return ModelConfig(
-        vocab_size=int(req("vocab_size")), hidden_size=hidden,
-        intermediate_size=int(req("intermediate_size")),
-        num_layers=int(req("num_hidden_layers")), num_heads=heads,
-        num_kv_heads=int(heads if kv_heads is None else kv_heads), head_dim=int(head_dim),
-        rms_norm_eps=float(hf.get("rms_norm_eps", d["rms_norm_eps"])), rope_theta=theta,
+        vocab_size=size("vocab_size"), hidden_size=hidden,
+        intermediate_size=size("intermediate_size"),
+        num_layers=size("num_hidden_layers"), num_heads=heads,
+        num_kv_heads=size("num_key_value_heads", heads if kv_heads is None else kv_heads),
+        head_dim=size("head_dim", head_dim),
+        rms_norm_eps=config_float(fn, "rms_norm_eps", hf.get("rms_norm_eps",
+                                                             d["rms_norm_eps"])),
+        rope_theta=theta,
         rope_scaling=scaling, max_position_embeddings=max_pos,
         tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
         attention_bias=attention_bias, dtype=dtype,

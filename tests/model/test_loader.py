@@ -104,6 +104,16 @@ def test_load_config_legacy_keys_and_defaults(tmp_path):
     ({"eos_token_id": "</s>"}, r"eos_token_id must be an int"),
     ({"num_key_value_heads": 3}, r"multiple of num_kv_heads"),
     ({"partial_rotary_factor": 0.5}, r"partial_rotary_factor"),
+    # issue 18: values were coerced by int()/float() and loaded (eps -1 gave empty text)
+    ({"hidden_size": "64"}, r"config.json: hidden_size must be an int in \[1, 2\*\*31\), "
+                            r"got '64'"),
+    ({"rms_norm_eps": -1}, r"config.json: rms_norm_eps must be a positive finite number"),
+    ({"rms_norm_eps": "1e-5"}, r"config.json: rms_norm_eps must be a positive finite"),
+    ({"num_hidden_layers": 2.0}, r"config.json: num_hidden_layers must be an int"),
+    ({"vocab_size": True}, r"config.json: vocab_size must be an int"),
+    ({"rope_parameters": {"rope_type": "default", "rope_theta": 0}},
+     r"config.json: rope_theta must be a positive finite number"),
+    ({"max_position_embeddings": 2**40}, r"max_position_embeddings must be an int in"),
 ])
 def test_load_config_errors(tmp_path, edit, match):
     p = _copy("llama", tmp_path)
