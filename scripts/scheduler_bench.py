@@ -1,6 +1,6 @@
 """Scheduler time per step and per scheduled request, every preset (mock runner, no model).
 
-  python scripts/scheduler_bench.py --config=configs/scheduler_bench.py --workdir=/tmp/sb
+  python scripts/scheduler_bench.py --config=configs/scheduler_bench.py --workdir=results/sb
 """
 import json
 import os

@@ -1,8 +1,8 @@
 """Router policies: which replica a request goes to, from what the router knows of each one.
 
 A policy is a small class in `POLICIES`, built by `make_policy(name, **kwargs)`; a new policy is
-a new class with a `name` and a `pick`, nothing else changes. The contract (docs in
-/tmp/interfaces.md, B) is `choose(req, replicas: Sequence[ReplicaState]) -> replica_id`; the
+a new class with a `name` and a `pick`, nothing else changes. The contract (the
+interfaces document, B) is `choose(req, replicas: Sequence[ReplicaState]) -> replica_id`; the
 cluster simulator calls the same policies through `pick(req, view)` on a `LoadView` (one numpy
 array per field, so a decision over 1,000 replicas is a few vectorised calls, not a Python loop
 over dataclasses). `choose` builds that view from the states, so both paths run the same code.
