@@ -604,7 +604,9 @@ class Scheduler:
         if tok in sp.stop_token_ids or tok in req.eos_token_ids:
             req.stop_token_id = tok
             return RequestStatus.FINISHED_STOPPED
-        if req.num_output_tokens >= sp.max_tokens or req.num_tokens >= self.config.max_model_len:
+        # max_num_tokens is prompt + max_tokens (capped at max_model_len) unless a replay ends
+        # the request at its trace length below the client's max_tokens (replay.py).
+        if req.num_tokens >= req.max_num_tokens or req.num_tokens >= self.config.max_model_len:
             return RequestStatus.FINISHED_LENGTH
         return None
 

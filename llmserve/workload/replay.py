@@ -125,12 +125,18 @@ def replay(engine, workload: list[WorkloadRequest], *, rate_scale: float = 1.0,
            max_requests: int | None = None, time_limit_s: float | None = None, seed: int = 0,
            idle_tick_s: float = 1e-3, kv_sample_every: int = 8, counter=None,
            progress_every_s: float = 30.0, label: str = "",
-           fast_decode: bool = True) -> ReplayResult:
+           fast_decode: bool = True, client_max_tokens: int | None = None) -> ReplayResult:
     """Drive `workload` into `engine` until every request finished (or time_limit_s passed on
     the run's clock, when the rest is aborted). The engine's clock decides the mode: a
     VirtualClock is simulated time, anything else is the wall clock. fast_decode=False steps
     a simulation one step at a time even through runs of pure decode steps (the reference
-    the fast path is tested against; the results are the same)."""
+    the fast path is tested against; the results are the same). client_max_tokens: the
+    max_tokens each request asks for (at least its trace length, within max_model_len), so
+    what reads max_tokens (KV reserve_max, a router) sees a client's bound; the request still
+    ends at its trace length. None: max_tokens = the trace length."""
+    if client_max_tokens is not None and (isinstance(client_max_tokens, bool) or not isinstance(
+            client_max_tokens, int) or client_max_tokens < 1):
+        raise ValueError(f"client_max_tokens must be an int >= 1, got {client_max_tokens!r}")
     clock = engine.clock
     virtual = isinstance(clock, VirtualClock)
     reqs, num_cut = prepare(workload, rate_scale=rate_scale, max_requests=max_requests,
@@ -193,9 +199,11 @@ def replay(engine, workload: list[WorkloadRequest], *, rate_scale: float = 1.0,
                 if ids is None:     # handed over as an array: the engine checks it in numpy
                     ids = rng.integers(0, vocab, w.prompt_len)
                 rid = str(i)
+                mt = w.output_len if client_max_tokens is None else max(w.output_len, min(
+                    client_max_tokens, engine.config.max_model_len - w.prompt_len))
                 try:
-                    engine.add_request(ids, SamplingParams(max_tokens=w.output_len,
-                                                           ignore_eos=True, temperature=0.0),
+                    engine.add_request(ids, SamplingParams(max_tokens=mt, ignore_eos=True,
+                                                           temperature=0.0),
                                        request_id=rid, arrival_time=due[i])
                 except ValueError as e:
                     rejected += 1
@@ -205,6 +213,8 @@ def replay(engine, workload: list[WorkloadRequest], *, rate_scale: float = 1.0,
                     if w.prompt_text is not None and req.prompt_text is None:
                         req.prompt_text = w.prompt_text
                     _set_true_length(req, w.output_len)
+                    if mt != w.output_len:     # ends at its trace length, not max_tokens
+                        req.max_num_tokens = req.num_prompt_tokens + w.output_len
                     active[rid] = req
                 i += 1
             if has_unfinished():
