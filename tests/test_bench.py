@@ -21,6 +21,7 @@ def _config(**over):
     spec.loader.exec_module(mod)
     c = mod.get_config()
     c.runner = "sim"
+    c.model.preset = "tiny"     # the default is the real SmolLM2: the sim needs only shapes
     c.workload.num_requests = 40
     c.workload.rate = 20.0
     c.engine.warmup = False
