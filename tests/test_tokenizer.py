@@ -155,3 +155,26 @@ def test_decode_continuation_keeps_the_space_after_the_prompt():
     assert decode_continuation(tok, [], cont) == "world"
     byte = ByteTokenizer()
     assert decode_continuation(byte, byte.encode("a"), byte.encode(" b")[1:]) == " b"
+
+
+def test_chat_template_comes_from_the_checkpoint(tmp_path):
+    from llmserve.tokenizer import DEFAULT_CHAT_TEMPLATE, chat_template_for
+    msgs = [{"role": "user", "content": "hi"}]
+    # tokenizer_config.json's template (a named list picks "default"), with the special tokens
+    # as text and transformers' extras (tojson, loop controls) available.
+    tpl = ("{{ bos_token }}{% for m in messages %}{% if loop.index > 5 %}{% break %}{% endif %}"
+           "{{ m | tojson }}{% endfor %}{{ eos_token }}")
+    d = _tok_dir(tmp_path, {"bos_token": "<s>", "eos_token": "</s>",
+                            "chat_template": [{"name": "tool_use", "template": "x"},
+                                              {"name": "default", "template": tpl}]})
+    tok = HFTokenizer(d, _cfg(256))
+    assert tok.chat_template == tpl
+    assert chat_template_for(tok).render(msgs) == '<s>{"role": "user", "content": "hi"}</s>'
+    # No template anywhere: the plain default (the dummy presets).
+    byte = ByteTokenizer()
+    assert chat_template_for(byte).source == DEFAULT_CHAT_TEMPLATE
+    assert chat_template_for(byte).render(msgs) == "<|user|>\nhi\n<|assistant|>\n"
+    with open(os.path.join(d, "tokenizer_config.json"), "w") as f:
+        json.dump({"chat_template": 7}, f)
+    with pytest.raises(ValueError, match="chat_template must be a string"):
+        HFTokenizer(d, _cfg(256))
