@@ -1,20 +1,22 @@
 """LLMEngine (add_request / abort / step) and the offline LLM.generate API."""
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import os
+import threading
 import time
 from collections.abc import Sequence
 
-import numpy as np
-
 from llmserve.config import SCHEDULER_KNOBS, EngineConfig
 from llmserve.core.request import Request
+from llmserve.core.sched_output import RunnerOutput
 from llmserve.core.scheduler import create_scheduler
 from llmserve.outputs import RequestOutput
 from llmserve.sampling_params import SamplingParams
 from llmserve.tokenizer import decode_continuation
+from llmserve.validation import validate_request
 
 
 def _resolve_model(config: EngineConfig):
@@ -70,6 +72,9 @@ class LLMEngine:
                 self._warmup(runner)
         self.runner = runner
         self._counter = itertools.count()
+        # Requests aborted because a step failed on them: id -> the cause (RequestOutput.error).
+        self.errors: dict[str, str] = {}
+        self._failed_now: list[Request] = []
         self.step_times: list[float] = []
         self._trace_log = None
         if config.trace_log:
@@ -117,50 +122,17 @@ class LLMEngine:
         return plan
 
     # ---- requests ----------------------------------------------------------------------------
-    def _validate(self, prompt, sp: SamplingParams) -> tuple[list[int], str | None]:
-        if not isinstance(sp, SamplingParams):
-            raise ValueError(f"sampling_params must be a SamplingParams, got {type(sp).__name__}")
-        vocab = self.model_config.vocab_size
-        in_vocab = False        # the vocabulary check already done (numpy input)
-        if isinstance(prompt, str):
-            text = prompt
-            ids = self.tokenizer.encode(prompt) if prompt else []
-        elif isinstance(prompt, (list, tuple)):
-            text = None
-            ids = list(prompt)
-            # Fast path (builtins run in C; a trace replay validates ~20M tokens); the loop
-            # below only runs to find and name a bad token.
-            if set(map(type, ids)) - {int}:
-                for i, t in enumerate(ids):
-                    if isinstance(t, bool) or not isinstance(t, int):
-                        raise ValueError(f"prompt token {i} must be an int, got {t!r}")
-        elif isinstance(prompt, np.ndarray) and prompt.ndim == 1 and prompt.dtype.kind in "iu":
-            # A trace replay's prompts: checked in numpy, not by three passes over a list
-            # (~50 us per 1,000-token prompt, a tenth of a simulation's wall time).
-            text = None
-            in_vocab = bool(prompt.size) and prompt.min() >= 0 and prompt.max() < vocab
-            ids = prompt.tolist()
-        else:
-            raise ValueError(f"prompt must be a string, a list of token ids or a 1-D integer "
-                             f"numpy array, got {type(prompt).__name__}")
-        if not ids:
-            raise ValueError("prompt is empty: at least one token is required")
-        if not in_vocab and (min(ids) < 0 or max(ids) >= vocab):
-            for i, t in enumerate(ids):
-                if not 0 <= t < vocab:
-                    raise ValueError(f"prompt token {i} is {t}, outside the vocabulary "
-                                     f"[0, {vocab})")
-        limit = self.config.max_model_len
-        if len(ids) + sp.max_tokens > limit:
-            raise ValueError(f"prompt ({len(ids)} tokens) + max_tokens ({sp.max_tokens}) = "
-                             f"{len(ids) + sp.max_tokens} exceeds max_model_len ({limit})")
-        return ids, text
+    def validate(self, prompt, sp: SamplingParams) -> tuple[list[int], str | None]:
+        """-> (prompt ids, prompt text or None); ValueError naming the field (validation.py)."""
+        return validate_request(prompt, sp, tokenizer=self.tokenizer,
+                                vocab_size=self.model_config.vocab_size,
+                                max_model_len=self.config.max_model_len)
 
     def add_request(self, prompt, sampling_params: SamplingParams | None = None,
                     request_id: str | None = None, arrival_time: float | None = None) -> str:
         """Queue a request. Bad input raises ValueError and changes nothing."""
         sp = sampling_params if sampling_params is not None else SamplingParams()
-        ids, text = self._validate(prompt, sp)
+        ids, text = self.validate(prompt, sp)
         n = next(self._counter)
         rid = request_id if request_id is not None else str(n)
         if rid in self.scheduler.requests:
@@ -192,13 +164,77 @@ class LLMEngine:
         sched_out = self.scheduler.schedule(t0)
         if not sched_out.scheduled:
             return []
-        runner_out = self.runner.execute(sched_out)
+        try:
+            runner_out = self.runner.execute(sched_out)
+        except Exception as e:
+            runner_out = self._isolate(sched_out, e)
         now = self.clock()
         self.step_times.append(now - t0)
         changed = self.scheduler.update_from_output(sched_out, runner_out, now)
+        if self._failed_now:
+            changed = self._failed_now + changed
+            self._failed_now = []
         if self._trace_log is not None:
             self._log_finished(changed)
         return changed
+
+    # ---- a failed step ------------------------------------------------------------------------
+    def _isolate(self, sched_out, err: Exception) -> RunnerOutput:
+        """The step raised: find the request(s) it fails on by running the step's requests
+        again in halves, abort only those (with the cause), and return the others' results,
+        which are what the full step would have given (sampling is keyed per request, and a
+        re-run writes the same KV to the same slots). Requests stay scheduled for
+        update_from_output, which skips the aborted ones."""
+        log = logging.getLogger("llmserve")
+        log.warning("engine step %d failed (%s: %s); isolating the request(s) that cause it",
+                    sched_out.step_id, type(err).__name__, err)
+        lost = getattr(self.runner, "kv_cache_lost", None)
+        outs: list[RunnerOutput] = []
+
+        def run(part: list, e: Exception | None) -> None:
+            if e is None:
+                try:
+                    outs.append(self.runner.execute(_subset(sched_out, part)))
+                    return
+                except Exception as e2:
+                    e = e2
+            if lost is not None and lost():
+                raise _KVLost(e)
+            if len(part) == 1:
+                self._fail(part[0].req_id, f"the engine step failed on this request: "
+                                           f"{type(e).__name__}: {e}")
+                return
+            mid = len(part) // 2
+            run(part[:mid], None)
+            run(part[mid:], None)
+
+        try:
+            run(list(sched_out.scheduled), err)
+        except _KVLost as kl:
+            # The failure consumed the donated KV cache (an error on the device): every
+            # running request's context is gone, so none can be re-run to find the culprit.
+            e = kl.args[0]
+            for rid in [r.request_id for r in self.scheduler.running]:
+                self._fail(rid, f"the engine step failed on the device and its KV cache was "
+                                f"lost ({type(e).__name__}: {e}); every running request "
+                                "was aborted")
+            self.scheduler.block_manager.forget_cached_prefixes()
+            return RunnerOutput({})
+        merged = RunnerOutput({})
+        for o in outs:
+            merged.sampled.update(o.sampled)
+            merged.logprobs.update(o.logprobs)
+            merged.top_logprobs.update(o.top_logprobs)
+            merged.prompt_logprobs.update(o.prompt_logprobs)
+            merged.step_time_s += o.step_time_s
+        return merged
+
+    def _fail(self, request_id: str, message: str) -> None:
+        req = self.scheduler.abort(request_id, self.clock())
+        if req is not None:
+            logging.getLogger("llmserve").error("request %s aborted: %s", request_id, message)
+            self.errors[request_id] = message
+            self._failed_now.append(req)
 
     def _log_finished(self, requests) -> None:
         from llmserve.workload.trace_log import record_from_request
@@ -211,7 +247,22 @@ class LLMEngine:
         if req.is_finished and self.tokenizer is not None:
             text = decode_continuation(self.tokenizer, req.prompt_token_ids,
                                        req.output_token_ids)
-        return RequestOutput.from_request(req, text)
+        out = RequestOutput.from_request(req, text)
+        if req.is_finished and self.errors:
+            out.error = self.errors.pop(req.request_id, None)
+        return out
+
+
+class _KVLost(Exception):
+    """A failed step took the runner's KV cache with it."""
+
+
+def _subset(sched_out, part: list):
+    """The SchedulerOutput of some of a step's requests (a failed step's re-run)."""
+    return dataclasses.replace(
+        sched_out, scheduled=part, num_scheduled_tokens=sum(len(r.token_ids) for r in part),
+        num_padding_tokens=sum(r.num_padding_tokens for r in part), preempted_req_ids=[],
+        finished_req_ids=[])
 
 
 _LLM_KWARGS = ("dtype", "max_num_seqs", "max_num_batched_tokens", "block_size", "num_kv_blocks",
@@ -234,6 +285,9 @@ class LLM:
         if model is not None:
             overrides["model"] = model
         self.engine = LLMEngine(base.replace(**overrides))
+        # One engine, one caller at a time: generate() from several threads queues here
+        # (the engine and its donated KV cache are not safe to step from two threads).
+        self._lock = threading.Lock()
 
     @property
     def tokenizer(self):
@@ -266,11 +320,18 @@ class LLM:
         """Generate for every prompt (string or token-id list); outputs in input order.
 
         Every prompt is validated before any is queued, so a bad one raises ValueError and
-        leaves the engine as it was.
+        leaves the engine as it was. A request the engine step fails on is aborted alone: its
+        output has finish_reason "abort" and `error` says why; the others are unaffected.
+        Thread-safe: concurrent calls run one after another. If a call raises (Ctrl-C), its
+        requests are aborted, so the next call starts clean.
         """
         if isinstance(prompts, str) or (isinstance(prompts, (list, tuple)) and prompts
-                                        and isinstance(prompts[0], int)):
+                                        and isinstance(prompts[0], int)) or (
+                getattr(prompts, "ndim", None) == 1):
             prompts = [prompts]
+        if not isinstance(prompts, (list, tuple)) and getattr(prompts, "ndim", None) != 2:
+            raise ValueError(f"prompts must be a string, a list of token ids or a list of "
+                             f"such prompts, got {type(prompts).__name__}")
         prompts = list(prompts)
         if isinstance(sampling_params, (list, tuple)):
             if len(sampling_params) != len(prompts):
@@ -281,13 +342,22 @@ class LLM:
             sps = [sampling_params or SamplingParams()] * len(prompts)
         for i, (p, sp) in enumerate(zip(prompts, sps)):
             try:
-                self.engine._validate(p, sp)
+                self.engine.validate(p, sp)
             except ValueError as e:
                 raise ValueError(f"prompt {i}: {e}") from None
-        ids = [self.engine.add_request(p, sp) for p, sp in zip(prompts, sps)]
-        done: dict[str, RequestOutput] = {}
-        while self.engine.has_unfinished():
-            for out in self.engine.step():
-                if out.finished:
-                    done[out.request_id] = out
+        with self._lock:
+            ids: list[str] = []
+            done: dict[str, RequestOutput] = {}
+            try:
+                for p, sp in zip(prompts, sps):
+                    ids.append(self.engine.add_request(p, sp))
+                while len(done) < len(ids) and self.engine.has_unfinished():
+                    for out in self.engine.step():
+                        if out.finished:
+                            done[out.request_id] = out
+            finally:
+                for i in ids:
+                    if i not in done:
+                        self.engine.abort(i)
+                        self.engine.errors.pop(i, None)
         return [done[i] for i in ids]

@@ -52,6 +52,8 @@ class RequestOutput:
     # the prompt_logprobs most likely (token, logprob), most likely first]. None when not
     # asked for.
     prompt_logprobs: list[list[tuple[int, float]] | None] | None = None
+    # Set when the engine aborted the request because a step failed on it: the cause.
+    error: str | None = None
 
     @classmethod
     def from_request(cls, req: Request, text: str | None) -> RequestOutput:

@@ -59,6 +59,7 @@ from typing import Any
 from llmserve.config import EngineConfig
 from llmserve.outputs import RequestMetrics, RequestOutput
 from llmserve.sampling_params import SamplingParams
+from llmserve.validation import validate_request
 
 log = logging.getLogger("llmserve.cluster")
 
@@ -133,8 +134,13 @@ class ReplicaServer:
             deltas = []
             for req in changed:
                 rid = req.request_id
+                failed = eng.errors.pop(rid, None) if eng.errors else None
                 n = self._sent.get(rid)
                 if n is None:          # aborted meanwhile
+                    continue
+                if failed is not None:     # the step failed on it: aborted alone
+                    del self._sent[rid]
+                    deltas.append({"id": rid, "error": failed})
                     continue
                 toks = req.output_token_ids
                 lps = req.output_logprobs if req.sampling_params.logprobs else None
@@ -259,7 +265,6 @@ class RayRouter:
             kw.setdefault("block_size", engine_config.block_size)
         self.policy = make_policy(policy, **kw)
         self.model_config, self.tokenizer = _model_and_tokenizer(engine_config)
-        self._validator = _Validator(engine_config, self.model_config, self.tokenizer)
         self._resources = dict(num_gpus=num_gpus_per_replica, num_cpus=num_cpus_per_replica)
         self.poll_wait_s = poll_wait_s
         self.max_restarts = max_restarts
@@ -330,8 +335,11 @@ class RayRouter:
 
     # ---- requests -------------------------------------------------------------------------
     def validate(self, prompt, sp: SamplingParams) -> list[int]:
-        """Token ids of the prompt, or ValueError naming the field (LLMEngine's own check)."""
-        return self._validator.validate(prompt, sp)
+        """Token ids of the prompt, or ValueError naming the field: the check every engine
+        makes (llmserve/validation.py), so a replica never gets a request it would refuse."""
+        return validate_request(prompt, sp, tokenizer=self.tokenizer,
+                                vocab_size=self.model_config.vocab_size,
+                                max_model_len=self.config.max_model_len)[0]
 
     def submit(self, prompt, sp: SamplingParams | None = None, request_id: str | None = None,
                listener: Callable[[Any], None] | None = None) -> str:
@@ -688,18 +696,6 @@ def _model_and_tokenizer(ec: EngineConfig):
     if ec.dtype != "auto":
         cfg = cfg.replace(dtype=ec.dtype)
     return cfg, load_tokenizer(path, cfg)
-
-
-class _Validator:
-    """LLMEngine._validate without an engine: it reads only these three attributes, so the
-    driver rejects exactly what a replica would, before anything is sent."""
-
-    def __init__(self, config, model_config, tokenizer):
-        self.config, self.model_config, self.tokenizer = config, model_config, tokenizer
-
-    def validate(self, prompt, sp) -> list[int]:
-        from llmserve.engine import LLMEngine
-        return LLMEngine._validate(self, prompt, sp)[0]
 
 
 # ---- the server's EngineClient over the router -------------------------------------------------

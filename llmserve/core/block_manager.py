@@ -244,6 +244,15 @@ class BlockManager:
                 self._block_key[b] = (parent, tuple(toks[i * bs:(i + 1) * bs]))
         req.num_hashed_blocks = upto
 
+    def forget_cached_prefixes(self) -> None:
+        """The runner lost its KV cache's contents: no block holds a reusable prefix any
+        more. Cached free blocks become plain free blocks (call with every request freed)."""
+        self._free.extend(self._cached_free)
+        self._cached_free.clear()
+        self._cached.clear()
+        self._block_hash = [None] * self.num_blocks
+        self._block_key = [None] * self.num_blocks
+
     # ---- invariants (tests) ----------------------------------------------------------------
     def check_all_free(self) -> None:
         """Invariant for tests: nothing allocated, every ref count zero."""

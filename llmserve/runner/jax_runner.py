@@ -278,6 +278,22 @@ class JaxRunner:
             self.stats.compiled_shapes.add((T, S, B, decode_only))
         return len(shapes)
 
+    def kv_cache_lost(self) -> bool:
+        """After a failed execute(): True if the failure consumed the donated KV cache (an
+        error while the step ran deletes it, or leaves it in the failed outputs); a zeroed
+        cache of the same shapes then takes its place. False: it is intact (the step failed
+        before it ran), so the step's requests can be re-run."""
+        leaves = jax.tree.leaves(self.kv_cache)
+        try:
+            if not any(x.is_deleted() for x in leaves):
+                jax.block_until_ready(leaves)
+                return False
+        except Exception:  # the step's error, raised again by its output arrays
+            pass
+        self.kv_cache = jax.tree.map(
+            lambda x: jax.numpy.zeros(x.shape, x.dtype, device=x.sharding), self.kv_cache)
+        return True
+
     @staticmethod
     def jit_cache_size() -> int:
         """Executables jax compiled for the step function (all runners in the process)."""

@@ -219,7 +219,7 @@ class AsyncLLMEngine:
         stop = validate_stop(stop)
         # Validation reads only immutable engine state, so it runs here and a bad request
         # never reaches the engine thread.
-        ids, _ = self.engine._validate(prompt, sampling_params)
+        ids, _ = self.engine.validate(prompt, sampling_params)
         if request_id in self._active:
             raise ValueError(f"request_id {request_id!r} is already in use")
         loop = asyncio.get_running_loop()
@@ -316,12 +316,20 @@ class AsyncLLMEngine:
         out: dict = {}
         streams = self._streams
         hook = self.fault_hook
+        errors = self.engine.errors
         for req in changed:
+            failed = errors.pop(req.request_id, None) if errors else None
             stream = streams.get(req.request_id)
             if stream is None:
                 continue
             try:
                 finished = req.is_finished
+                if failed is not None:    # a step failed on it; the engine aborted it alone
+                    self._num_failed += 1
+                    del streams[req.request_id]
+                    out.setdefault(stream.loop, []).append(
+                        (stream.queue, RequestFailedError(failed)))
+                    continue
                 toks = req.output_token_ids
                 stopped = stream.tracker.update(toks, finished)
                 if stopped and not finished:
