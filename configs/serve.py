@@ -24,6 +24,7 @@ def get_config():
     c.max_body_bytes = 1 << 20          # larger request bodies get 413
     c.max_prompt_tokens = 0             # longer prompts get 400 (0 = only max_model_len)
     c.max_stop = 8                      # most stop strings per request
+    c.body_timeout_s = 30.0             # a request body not received in full by then: 408
     c.max_waiting_requests = 1024       # scheduler waiting-queue bound: 429 beyond (0 = none)
     c.num_replicas = 0                  # 0: one engine in this process; N >= 1: N Ray actor
     #                                     replicas behind a router (llmserve.cluster.ray_backend)

@@ -11,7 +11,7 @@ from absl import app, logging
 from ml_collections import config_flags
 
 try:
-    from llmserve.server.launch import serve
+    from llmserve.server.launch import parse_flags_or_exit, serve
 except ImportError as e:     # the server's packages are the optional `serve` extra
     sys.exit(f"scripts/serve.py needs the server extra ({e}): pip install -e '.[serve]'")
 
@@ -26,4 +26,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    parse_flags_or_exit(sys.argv)
     app.run(main)

@@ -17,6 +17,7 @@ import uuid
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from llmserve.sampling_params import SamplingParams
 from llmserve.server import protocol as P
@@ -29,6 +30,7 @@ from llmserve.server.chat import ChatTemplate, ChatTemplateError, encode_chat
 from llmserve.server.errors import APIError, from_value_error
 from llmserve.server.metrics import ServerMetrics
 from llmserve.tokenizer import CONTEXT_TOKENS
+from llmserve.validation import encode_prompt
 
 log = logging.getLogger("llmserve.server")
 
@@ -39,11 +41,15 @@ class ServerSettings:
     max_body_bytes: int = 1 << 20     # larger request bodies get 413
     max_prompt_tokens: int = 0        # 0 = only the context limit (max_model_len)
     max_stop: int = 8                 # stop strings per request
+    body_timeout_s: float = 30.0      # a body not received in full by then gets 408
 
     def __post_init__(self):
         for f in ("max_body_bytes", "max_prompt_tokens", "max_stop"):
             if getattr(self, f) < 0:
                 raise ValueError(f"server setting {f} must be >= 0, got {getattr(self, f)}")
+        if not self.body_timeout_s > 0:
+            raise ValueError(f"server setting body_timeout_s must be > 0, got "
+                             f"{self.body_timeout_s}")
 
 
 def _to_api_error(e: BaseException, prompt_param: str = "prompt") -> APIError:
@@ -64,23 +70,34 @@ def _to_api_error(e: BaseException, prompt_param: str = "prompt") -> APIError:
     return APIError(500, f"internal error: {type(e).__name__}", None, "internal_error")
 
 
-async def _read_json(request: Request, limit: int):
+class ClientGone(Exception):
+    """The client closed the connection before its body arrived: its event, not ours."""
+
+
+async def _read_body(request: Request, limit: int, timeout_s: float) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise APIError(413, f"request body of {declared} bytes exceeds the limit of {limit}",
                        None, "request_too_large")
     chunks, size = [], 0
-    async for chunk in request.stream():      # chunked bodies are counted as they arrive
-        size += len(chunk)
-        if size > limit:
-            raise APIError(413, f"request body exceeds the limit of {limit} bytes", None,
-                           "request_too_large")
-        chunks.append(chunk)
     try:
-        return json.loads(b"".join(chunks))
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
-        raise APIError(400, f"the request body is not valid JSON: {e}", None,
-                       "invalid_json") from None
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():   # chunked bodies are counted as they arrive
+                size += len(chunk)
+                if size > limit:
+                    raise APIError(413, f"request body exceeds the limit of {limit} bytes",
+                                   None, "request_too_large")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise APIError(408, f"the request body did not arrive within {timeout_s:g} s "
+                       f"({size} bytes received)", None, "request_timeout") from None
+    except ClientDisconnect:
+        raise ClientGone() from None
+    return b"".join(chunks)
+
+
+async def _read_json(request: Request, limit: int, timeout_s: float = 30.0):
+    return P.loads(await _read_body(request, limit, timeout_s))
 
 
 async def _wait_disconnect(request: Request) -> None:
@@ -144,7 +161,13 @@ def build_app(engine, settings: ServerSettings | None = None,
         chat_template = ChatTemplate(DEFAULT_CHAT_TEMPLATE)
     metrics = ServerMetrics(engine)
     tok = engine.tokenizer
-    key = settings.api_key.encode()
+    # Header bytes are compared, not text: a client may send a non-ASCII key as UTF-8 (what
+    # curl and most clients send) or as latin-1 (what HTTP's text form of a header is).
+    keys = [settings.api_key.encode()]
+    try:
+        keys.append(settings.api_key.encode("latin-1"))
+    except UnicodeEncodeError:
+        pass
 
     async def lifespan(app):
         await engine.start()
@@ -166,11 +189,14 @@ def build_app(engine, settings: ServerSettings | None = None,
         return _to_api_error(exc).response()
 
     def check_auth(request: Request) -> None:
-        if not key:
+        if not keys[0]:
             return
-        auth = request.headers.get("authorization", "")
-        scheme, _, given = auth.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), key):
+        auth = next((v for k, v in request.headers.raw if k.lower() == b"authorization"), b"")
+        scheme, _, given = auth.partition(b" ")
+        given = given.strip()
+        # every form compared, in constant time, so the timing tells nothing of which matched
+        ok = [hmac.compare_digest(given, k) for k in keys]
+        if scheme.lower() != b"bearer" or not any(ok):
             raise APIError(401, "missing or invalid API key (Authorization: Bearer <key>)",
                            None, "invalid_api_key")
 
@@ -190,7 +216,7 @@ def build_app(engine, settings: ServerSettings | None = None,
             if isinstance(prompt, str):
                 if not prompt:
                     raise APIError(400, "prompt is empty", "prompt", "invalid_value")
-                ids = tok.encode(prompt)
+                ids = encode_prompt(tok, prompt)
             else:
                 ids = prompt
             max_tokens = req.max_tokens if req.max_tokens is not None else (
@@ -342,8 +368,11 @@ def build_app(engine, settings: ServerSettings | None = None,
         endpoint = "chat" if chat else "completions"
         call = None
         try:
+            if getattr(engine, "draining", False):    # until the process exits (README)
+                raise EngineShutdownError("the server is shutting down and accepts no new "
+                                          "requests")
             check_auth(request)
-            body = await _read_json(request, settings.max_body_bytes)
+            body = await _read_json(request, settings.max_body_bytes, settings.body_timeout_s)
             call = prepare(body, chat)
             agen = engine.generate(call.prompt_ids, call.sp, call.rid, stop=call.stop)
             if call.req.stream:
@@ -352,7 +381,11 @@ def build_app(engine, settings: ServerSettings | None = None,
                 ok, first = await _unless_disconnected(_last(agen), request)
             if not ok:
                 await engine.abort(call.rid)
+                metrics.disconnects.labels(endpoint, "waiting").inc()
                 return Response(status_code=499)      # nobody is listening
+        except ClientGone:
+            metrics.disconnects.labels(endpoint, "body").inc()
+            return Response(status_code=499)
         except Exception as e:
             err = _to_api_error(e, "messages" if chat else "prompt")
             metrics.http.labels(endpoint, str(err.status)).inc()

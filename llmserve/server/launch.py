@@ -1,6 +1,6 @@
 """Start a server from a configs/serve.py ConfigDict: the engine, the app, uvicorn, and the
-graceful SIGTERM drain (stop accepting, let in-flight requests finish within the grace
-period, then abort the rest: each gets an error event, not a cut connection)."""
+graceful SIGTERM drain (new requests get 503, in-flight requests may finish within the grace
+period, then the rest are aborted: each gets an error event, not a cut connection)."""
 from __future__ import annotations
 
 import asyncio
@@ -34,7 +34,26 @@ def build_engine_client(cfg):
 def settings_from_config(cfg) -> ServerSettings:
     key = cfg.api_key or (os.environ.get(cfg.api_key_env, "") if cfg.api_key_env else "")
     return ServerSettings(api_key=key, max_body_bytes=cfg.max_body_bytes,
-                          max_prompt_tokens=cfg.max_prompt_tokens, max_stop=cfg.max_stop)
+                          max_prompt_tokens=cfg.max_prompt_tokens, max_stop=cfg.max_stop,
+                          body_timeout_s=cfg.get("body_timeout_s", 30.0))
+
+
+def parse_flags_or_exit(argv: list[str]) -> None:
+    """Parse the absl flags now: an override of a field the config lacks
+    (--config.engine.nonexistent=1) raises an ml_collections AttributeError inside absl's
+    parser, which app.run shows as a traceback. Exit with one line naming it instead."""
+    from absl import flags
+    try:
+        flags.FLAGS(argv)
+    except flags.Error as e:          # what app.run would print, without its usage dump
+        raise SystemExit(f"flags parsing error: {e}") from None
+    except (AttributeError, KeyError) as e:
+        key = str(e).strip("\"'")
+        args = [a.split("=", 1)[0] for a in argv[1:] if a.startswith("--config.")]
+        hit = next((a for a in args if key in a[2:].split(".")), None)
+        where = f"{hit}: " if hit else ""
+        raise SystemExit(f"{where}unknown config field {key!r} (the fields and their meaning "
+                         "are in the --config file, configs/serve.py by default)") from None
 
 
 def _drain_server_class():
@@ -65,8 +84,9 @@ def _drain_server_class():
             self._loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._drain()))
 
         async def _drain(self):
-            for s in self.servers:          # no new connections
-                s.close()
+            # The listening sockets stay open: a new request gets the 503 the README
+            # promises (the app refuses it while the engine drains), not a refused
+            # connection, until the process exits.
             await self.engine.shutdown(self.grace_s)
             # Let the response tasks write their last events before uvicorn closes them.
             for _ in range(200):

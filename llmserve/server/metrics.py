@@ -58,6 +58,11 @@ class ServerMetrics:
                                 ["finish_reason"], registry=r)
         self.http = Counter("llmserve_http_responses", "HTTP responses by endpoint and status",
                             ["endpoint", "status"], registry=r)
+        # A client event, not an error of ours: kept out of the 5xx count.
+        self.disconnects = Counter(
+            "llmserve_http_client_disconnects", "Clients gone before their response, by stage "
+            "(body: while sending the body; waiting: before the first token)",
+            ["endpoint", "stage"], registry=r)
 
     def observe(self, out) -> None:
         """One finished RequestOutput."""

@@ -2,16 +2,75 @@
 is an error, not ignored) and the response/chunk builders of the OpenAI API."""
 from __future__ import annotations
 
+import json
 import time
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from llmserve.sampling_params import MAX_TOP_LOGPROBS
+from llmserve.sampling_params import FLOAT32_MAX, INT32_MAX, MAX_TOP_LOGPROBS
 from llmserve.server.errors import APIError
 from llmserve.tokenizer import CONTEXT_TOKENS, decode_continuation, decode_each_after
 
 MAX_COMPLETION_LOGPROBS = 5     # OpenAI's limit for /v1/completions logprobs
+
+
+# The ranges of the types each value becomes in the engine step (SamplingParams checks the
+# same), declared here so the 400 names the field as the client sent it.
+Count = Annotated[int, Field(ge=-INT32_MAX, le=INT32_MAX)]
+TokenId = Annotated[int, Field(ge=0, le=INT32_MAX)]
+Real = Annotated[float, Field(allow_inf_nan=False, ge=-FLOAT32_MAX, le=FLOAT32_MAX)]
+
+
+class _HugeInt:
+    """An integer literal too long for any field (json.loads would refuse it with a hint
+    about sys.set_int_max_str_digits, naming no field); found and named by loads()."""
+
+    def __init__(self, digits: int):
+        self.digits = digits
+
+
+def _parse_int(s: str):
+    return _HugeInt(len(s.lstrip("-"))) if len(s) > 20 else int(s)
+
+
+def _lone_surrogate(s: str) -> int:
+    for i, ch in enumerate(s):
+        if "\ud800" <= ch <= "\udfff":
+            return i
+    return -1
+
+
+def loads(raw: bytes):
+    """A request body -> Python, or a 400: not JSON; an integer too long for any field, or a
+    string holding a lone surrogate (JSON's \\ud800 escapes can carry one; it has no UTF-8
+    form), each named by its path (`param` = the top-level field)."""
+    try:
+        body = json.loads(raw, parse_int=_parse_int)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError, ValueError) as e:
+        raise APIError(400, f"the request body is not valid JSON: {e}", None,
+                       "invalid_json") from None
+    stack = [((), body)]
+    while stack:
+        path, v = stack.pop()
+        where = ".".join(map(str, path)) or "the body"
+        if isinstance(v, _HugeInt):
+            raise APIError(400, f"{where}: an integer of {v.digits} digits is out of range",
+                           str(path[0]) if path else None, "invalid_value")
+        if isinstance(v, str) and (i := _lone_surrogate(v)) >= 0:
+            raise APIError(400, f"{where} holds a lone surrogate U+{ord(v[i]):04X} at "
+                           f"character {i}: not valid Unicode text", str(path[0]) if path
+                           else None, "invalid_value")
+        if isinstance(v, dict):
+            for k, x in v.items():
+                if _lone_surrogate(k) >= 0:
+                    raise APIError(400, f"a key in {where} holds a lone surrogate: not valid "
+                                   "Unicode text", str(path[0]) if path else None,
+                                   "invalid_value")
+                stack.append(((*path, k), x))
+        elif isinstance(v, list):
+            stack.extend(((*path, i), x) for i, x in enumerate(v))
+    return body
 
 
 class _Strict(BaseModel):
@@ -26,20 +85,20 @@ class _Sampling(_Strict):
     """Fields shared by both endpoints. OpenAI fields we cannot honour are declared so that a
     non-default value gets a precise 400 (see `unsupported`)."""
     model: str
-    max_tokens: int | None = None
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = -1                  # extension (vLLM's), -1 disables
-    seed: int | None = None
+    max_tokens: Count | None = None
+    temperature: Annotated[Real, Field(ge=0)] = 1.0
+    top_p: Annotated[Real, Field(gt=0, le=1)] = 1.0
+    top_k: Annotated[int, Field(ge=-1, le=INT32_MAX)] = -1   # extension (vLLM's), -1 disables
+    seed: Annotated[int, Field(ge=0, lt=2**32)] | None = None
     stop: str | list[str] | None = None
-    stop_token_ids: list[int] | None = None   # extension
+    stop_token_ids: list[TokenId] | None = None   # extension
     ignore_eos: bool = False                  # extension
     stream: bool = False
     stream_options: StreamOptions | None = None
-    n: int = 1
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    logit_bias: dict[str, float] | None = None
+    n: Count = 1
+    presence_penalty: Real = 0.0
+    frequency_penalty: Real = 0.0
+    logit_bias: dict[str, Real] | None = None
     user: str | None = None          # an opaque end-user id: accepted, not used
 
     def unsupported(self) -> APIError | None:
@@ -57,9 +116,9 @@ class _Sampling(_Strict):
 
 
 class CompletionRequest(_Sampling):
-    prompt: str | list[int] | list[str] | list[list[int]]
-    logprobs: int | None = None
-    best_of: int | None = None
+    prompt: str | list[TokenId] | list[str] | list[list[TokenId]]
+    logprobs: Count | None = None
+    best_of: Count | None = None
     echo: bool = False
     suffix: str | None = None
 
@@ -114,9 +173,9 @@ class ChatMessage(_Strict):
 
 class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = None
+    max_completion_tokens: Count | None = None
     logprobs: bool = False
-    top_logprobs: int | None = None
+    top_logprobs: Count | None = None
 
     def unsupported(self) -> APIError | None:
         err = super().unsupported()
@@ -139,6 +198,27 @@ class ChatCompletionRequest(_Sampling):
         return None
 
 
+_RANGE_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal",
+                 "finite_number"}
+
+
+def _body_path(body, loc) -> tuple:
+    """A pydantic error location without its union tags ('str', 'list[int]'): the path of
+    keys and indexes into the body as the client sent it."""
+    out, v = [], body
+    for x in loc:
+        if isinstance(v, dict) and x in v:
+            v = v[x]
+        elif isinstance(v, list) and isinstance(x, int) and 0 <= x < len(v):
+            v = v[x]
+        elif isinstance(v, dict) and not out:
+            pass                 # a missing top-level field: named below by its loc
+        else:
+            continue
+        out.append(x)
+    return tuple(out)
+
+
 def parse(model_cls, body) -> _Sampling:
     """Validate a decoded JSON body; the first error becomes a 400 naming its parameter."""
     if not isinstance(body, dict):
@@ -147,14 +227,21 @@ def parse(model_cls, body) -> _Sampling:
     try:
         req = model_cls.model_validate(body)
     except ValidationError as e:
-        err = e.errors()[0]
-        loc = err.get("loc") or ()
+        # Of a union's errors, the branch that got furthest into the value says the most
+        # (a token id out of range, rather than "prompt should be a string").
+        errs = e.errors()
+        err = max(errs, key=lambda x: len(_body_path(body, x.get("loc") or ())))
+        loc = _body_path(body, err.get("loc") or ())
         param = str(loc[0]) if loc else None
-        if err["type"] == "extra_forbidden":
-            raise APIError(400, f"unsupported parameter {param!r}", param,
-                           "unsupported_parameter") from None
         where = ".".join(str(x) for x in loc)
-        raise APIError(400, f"invalid {where}: {err['msg']}", param, "invalid_type") from None
+        if err["type"] == "extra_forbidden":
+            # Nested too (stream_options.x): the parameter that is not ours, by its path.
+            raise APIError(400, f"unsupported parameter {where!r}", where,
+                           "unsupported_parameter") from None
+        # A value of the right type out of its range is invalid_value, as the engine's own
+        # refusals are; anything else is the wrong type.
+        code = "invalid_value" if err["type"] in _RANGE_ERRORS else "invalid_type"
+        raise APIError(400, f"invalid {where}: {err['msg']}", param, code) from None
     bad = req.unsupported()
     if bad is not None:
         raise bad

@@ -170,7 +170,7 @@ def test_sigterm_drain_in_process():
     assert not srv.thread.is_alive()
     assert outcomes[6:] == ["done"] * 4
     assert outcomes[:6] == ["error_event"] * 6      # 200 tokens do not fit in the grace
-    assert late in (503, "refused")
+    assert late == 503          # the listener stays open: the README's 503 until exit
     assert time.monotonic() - t0 < 20
     st = engine.stats()
     assert st["num_running"] == 0 and st["kv_blocks_used"] == 0
