@@ -4,8 +4,10 @@ import ml_collections
 
 def get_config():
     c = ml_collections.ConfigDict()
-    c.model = "tiny"                    # preset name (tiny, llama3-8b, ...) or an HF checkpoint dir
-    c.load_format = "auto"              # auto | dummy | safetensors
+    c.model = "tiny"                    # preset (tiny, llama3-8b, ...: random weights), a packaged
+    #                                     model (smollm2-135m-instruct), a .gguf file or an HF dir
+    c.load_format = "auto"              # auto (checkpoint: its weights, preset: dummy) | dummy |
+    #                                     safetensors
     c.dtype = "auto"                    # auto | float32 | bfloat16 | float16
     c.max_num_seqs = 64                 # most requests running at once
     c.max_num_batched_tokens = 512      # token budget per step (chunked prefill splits prompts)
