@@ -686,8 +686,9 @@ def _notify(listener, item) -> None:
 def _model_and_tokenizer(ec: EngineConfig):
     """The model's shapes and tokenizer without its weights (the driver only validates)."""
     from llmserve.model.config import get_preset
+    from llmserve.model.gguf_loader import resolve_checkpoint
     from llmserve.tokenizer import load_tokenizer
-    path = ec.model if os.path.isdir(ec.model) else None
+    path = resolve_checkpoint(ec.model)     # a directory, a .gguf file, a packaged name
     if path is not None:
         from llmserve.model import loader
         cfg = loader.load_config(path)
