@@ -1,8 +1,6 @@
 """Output-length predictor: data, features, ensemble, training and evaluation settings."""
 import ml_collections
 
-_DATA = "/work/shared/data"
-
 
 def get_config():
     c = ml_collections.ConfigDict()
@@ -15,15 +13,20 @@ def get_config():
                                         # members whose bootstrap left it out
 
     c.data = ml_collections.ConfigDict()
-    # KIND:PATH_GLOB (castillo | instruct | sharegpt | trace_log); sources whose files are
-    # absent are skipped, and with none left a synthetic trace log is used.
-    c.data.sources = (f"castillo:{_DATA}/castillo_llama31_8b_*_validate.json",)
-    # Auxiliary training data, KIND:PATH_GLOB as above: prompts answered by other responders
+    # Dataset names (llmserve.data; get them with scripts/fetch_data.py) or KIND:PATH_GLOB
+    # (castillo | instruct | sharegpt | trace_log) for files of your own. A missing dataset
+    # is an error naming the fetch command; nothing is skipped or replaced.
+    # Default: every CASTILLO file of Llama-3.1-8B-Instruct, the 3 chat sets (Alpaca, Dolly,
+    # ShareGPT) and the 4 code sets (APPS, BigCodeBench, DS-1000, MBPP; 3,597 prompts): the
+    # served model's own sampled lengths, on the seven task kinds its held-out evaluation
+    # covers; the code prompts cost the chat prompts nothing (docs/RESULTS.md, "Training
+    # set").
+    c.data.sources = ("castillo_llama31_8b",)
+    # Auxiliary training data, named as above: prompts answered by other responders
     # (Dolly: humans, Alpaca: text-davinci-003), each its own task head, so they teach the
     # n-gram features which instructions ask for long answers without claiming Llama's
-    # lengths. Prompts that also appear in validation/test are dropped. Absent files skipped.
-    c.data.aux_sources = (f"instruct:{_DATA}/dolly15k_validate.json",
-                          f"instruct:{_DATA}/alpaca_data_cleaned_1000.json")
+    # lengths. Prompts that also appear in validation/test are dropped.
+    c.data.aux_sources = ("dolly15k_validate", "alpaca_data_cleaned_1000")
     c.data.trace_log = ""               # an engine trace log (JSONL) to train on as well
     c.data.split = (0.7, 0.1, 0.2)      # train / validation (early stop, calibration) / test,
                                         # by prompt
@@ -32,8 +35,12 @@ def get_config():
                                         # "last": the epoch count is fixed beforehand on a
                                         # run with validation); the interval is then
                                         # calibrated on the out-of-bag prompts alone
-    c.data.synthetic_log = "/tmp/llmserve_synthetic_trace.jsonl"  # where synthetic data goes
-    c.data.synthetic_num_requests = 2000  # synthetic requests when no data source exists
+    c.data.synthetic = False            # True: train on a synthetic trace log (lengths set by
+                                        # the prompt's template) instead of data.sources: for
+                                        # tests and demos, never a stand-in for missing data
+    c.data.synthetic_log = ""           # with data.synthetic: keep that trace log here
+                                        # ("" = a temporary file)
+    c.data.synthetic_num_requests = 2000  # with data.synthetic: requests in it
 
     c.features = ml_collections.ConfigDict()
     c.features.table_size = 2**16       # hashed n-gram buckets (embedding rows per member)
@@ -100,6 +107,9 @@ def get_config():
     c.eval.cv_folds = 0                 # > 1: also k-fold cross-validate the checkpoint's
                                         # recipe over all its prompts (split by prompt; one
                                         # training per fold): mean +- std across folds
+    c.eval.split_from = ""              # another checkpoint's workdir: score on its data's
+                                        # held-out split instead (e.g. a chat-trained
+                                        # checkpoint on the all-nine test prompts)
     c.eval.workload_log = ""            # if set: write every held-out (prompt, sampled length)
                                         # as a request of a trace log here, for the benchmark's
                                         # workload.kind=jsonl (end-to-end on unseen prompts)

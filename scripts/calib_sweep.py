@@ -5,7 +5,7 @@ model to (all six efficiency factors). Run by scripts/gpu_check.sh after the eng
 needs jax + absl + numpy only (no ml_collections), like the other GPU-check scripts.
 
   PYTHONPATH=. python scripts/calib_sweep.py --out=results/gpu_check/calib_sweep.json
-  PYTHONPATH=. python scripts/calib_sweep.py --profile=smoke --out=/tmp/calib_sweep.json  # CPU
+  PYTHONPATH=. python scripts/calib_sweep.py --profile=smoke --out=results/calib_sweep.json  # CPU
 
 Shapes run most informative first and the JSON is rewritten after each, so a timeout keeps
 what was measured; --budget_s stops starting new shapes.

@@ -5,7 +5,8 @@ noise floor and the targets; time predict() on batches of 64.
   # + 5-fold cross-validation of the checkpoint's recipe (5 more trainings):
   python scripts/eval_predictor.py ... --config.eval.cv_folds=5
 
-Writes WORKDIR/eval.json.
+Writes WORKDIR/eval.json. With --config.eval.split_from=OTHER_WORKDIR the checkpoint is scored
+on OTHER's held-out split instead (WORKDIR/eval_on_<OTHER>.json).
 """
 import os
 import sys
@@ -15,7 +16,8 @@ from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from llmserve.predictor.evaluate import ROW_ORDER, format_cv_table, format_table, run_evaluation
+from llmserve.predictor.evaluate import (ROW_ORDER, format_by_source, format_cv_table,
+                                         format_table, run_evaluation)
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/predictor.py", "predictor config")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/predictor", "holds the checkpoint")
@@ -27,12 +29,13 @@ def main(argv):
     res = run_evaluation(_WORKDIR.value, c.eval.latency_batch_size, c.eval.latency_repeats,
                          c.eval.workload_log, c.eval.workload_rate, c.eval.workload_max_len,
                          c.eval.workload_num_requests, c.eval.workload_output_scale,
-                         c.eval.cv_folds)
+                         c.eval.cv_folds, c.eval.split_from)
     rows = res["rows"]
     members = sorted(k for k in rows if k.startswith("member_") and k != "member_avg")
     print(f"data: {res['data']}; held-out: {res['num_test_prompts']} prompts, "
           f"{res['num_test_samples']} samples")
     print(format_table(rows, list(ROW_ORDER[:2]) + members + list(ROW_ORDER[2:])))
+    print(format_by_source(res["by_source"]))
     for kind, lat in res["latency"].items():
         print(f"latency ({kind}, batch {lat['batch_size']}): {lat['ms_per_request']:.4f} "
               f"ms/request (p90 {lat['ms_per_request_p90']:.4f}), first call "
@@ -45,7 +48,7 @@ def main(argv):
             print(f"predictor rescaled to its output lengths: {res['workload_checkpoint']}")
     if "cross_validation" in res:
         print(format_cv_table(res["cross_validation"]))
-    print(f"results: {os.path.join(_WORKDIR.value, 'eval.json')}")
+    print(f"results: {res['results_file']}")
 
 
 if __name__ == "__main__":

@@ -2,8 +2,10 @@
 
   python scripts/train_predictor.py --config=configs/predictor.py --workdir=runs/predictor
 
-Trains on the shared CASTILLO data when present, else on a synthetic trace log whose
-lengths depend on the prompt; writes WORKDIR/checkpoint and WORKDIR/metrics.json.
+Trains on the datasets config.data names (fetch them first: python scripts/fetch_data.py
+--config=configs/data.py --config.names=castillo_llama31_8b,instruct_aux), or with
+--config.data.synthetic=True on a synthetic trace log whose lengths depend on the prompt;
+writes WORKDIR/checkpoint and WORKDIR/metrics.json.
 """
 import os
 import sys

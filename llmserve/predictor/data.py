@@ -4,7 +4,10 @@ Sources: our JSONL trace logs, CASTILLO JSON (10 sampled lengths per prompt; 150
 run that hit the generation cap and is dropped), Dolly/Alpaca JSON (the response's length
 under the configured tokenizer), ShareGPT JSON (first human turn -> first reply). Identical
 prompts are grouped, and the train/validation/test split is by prompt (a hash of its token
-ids), so the same prompt never lands on two sides.
+ids), so the same prompt never lands on two sides. A source is a registered dataset's name
+(llmserve.data: the file comes from the data directory, a missing one is an error naming the
+fetch command) or an explicit `KIND:PATH_GLOB`. Synthetic data exists only for tests and
+demos (`synthetic_records`, config `data.synthetic`); it never stands in for a missing file.
 """
 from __future__ import annotations
 
@@ -100,13 +103,13 @@ def _group(items, source: str) -> LengthDataset:
 
 
 def _load_json_list(path: str) -> list:
+    from llmserve.workload.loaders import read_text
     if not os.path.isfile(path):
         raise ValueError(f"data file {path!r} does not exist")
-    with open(path, encoding="utf-8") as f:
-        try:
-            data = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path} is not valid JSON: {e}") from None
+    try:
+        data = json.loads(read_text(path))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from None
     if not isinstance(data, list):
         raise ValueError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
     return data
@@ -181,22 +184,43 @@ def from_sharegpt(path: str, tokenizer) -> LengthDataset:
     return _group(items, os.path.basename(path))
 
 
+# registry format -> the loader kind below
+_KIND_OF_FORMAT = {"castillo": "castillo", "alpaca": "instruct", "sharegpt": "sharegpt"}
+
+
+def source_files(spec: str) -> list[tuple[str, str]]:
+    """A source spec -> [(kind, path)]: a dataset or group name (llmserve.data) or
+    `kind:path_or_glob`. A missing dataset or an unmatched glob is a ValueError."""
+    from llmserve.data import registry
+    kind, sep, pattern = spec.partition(":")
+    if not sep:
+        out = []
+        for f in registry.resolve(spec):
+            if f.format not in _KIND_OF_FORMAT:
+                raise ValueError(f"data source {spec!r}: dataset {f.name!r} is {f.format} "
+                                 "data, with no prompt text to learn lengths from")
+            out.append((_KIND_OF_FORMAT[f.format], registry.dataset_path(f.name)))
+        return out
+    paths = sorted(glob.glob(os.path.expanduser(pattern)))
+    if not paths:
+        raise ValueError(f"data source {spec!r}: no file matches {pattern!r}")
+    return [(kind, p) for p in paths]
+
+
 def load_sources(specs: Sequence[str], tokenizer) -> LengthDataset:
-    """Specs `kind:path_or_glob` with kind castillo | instruct | sharegpt | trace_log."""
+    """Specs: dataset names (castillo, alpaca/dolly = instruct, sharegpt formats) or
+    `kind:path_or_glob` with kind castillo | instruct | sharegpt | trace_log."""
     loaders = {"castillo": lambda p: from_castillo(p, tokenizer),
                "instruct": lambda p: from_instruct_json(p, tokenizer),
                "sharegpt": lambda p: from_sharegpt(p, tokenizer),
                "trace_log": from_trace_log}
     parts = []
     for spec in specs:
-        kind, sep, pattern = spec.partition(":")
-        if not sep or kind not in loaders:
-            raise ValueError(f"data source {spec!r} must be KIND:PATH with KIND one of "
-                             f"{sorted(loaders)}")
-        paths = sorted(glob.glob(pattern))
-        if not paths:
-            raise ValueError(f"data source {spec!r}: no file matches {pattern!r}")
-        parts += [loaders[kind](p) for p in paths]
+        kind, sep, _ = spec.partition(":")
+        if sep and kind not in loaders:
+            raise ValueError(f"data source {spec!r} must be a dataset name or KIND:PATH with "
+                             f"KIND one of {sorted(loaders)}")
+        parts += [loaders[k](p) for k, p in source_files(spec)]
     return concat(parts)
 
 

@@ -130,6 +130,41 @@ def evaluate_all(predictor, train_ds, test_ds) -> dict:
     return rows
 
 
+# CASTILLO's datasets by kind: a row for each kind whose sources a split mixes with others
+SOURCE_GROUPS = {
+    "[castillo chat]": ("castillo/Alpaca", "castillo/DollyDataset", "castillo/ShareGPT"),
+    "[castillo code]": ("castillo/Apps", "castillo/BigCodeBench", "castillo/DS1000",
+                        "castillo/Mbpp")}
+
+
+def rows_by_source(predictor, train_ds, test_ds) -> dict:
+    """The ensemble and the constant on each source's test prompts (castillo/ShareGPT, ...),
+    and on each SOURCE_GROUPS kind present next to another: a training set that mixes
+    datasets can help one and hurt another."""
+    present = set(test_ds.sources)
+    parts = {s: (s,) for s in sorted(present)}
+    parts.update({g: m for g, m in SOURCE_GROUPS.items()
+                  if len(present & set(m)) > 1 and present - set(m)})
+    out = {}
+    for name, members in parts.items():
+        sub = test_ds.subset([i for i, x in enumerate(test_ds.sources) if x in members])
+        r = score_predictor(predictor, sub)
+        out[name] = {"num_prompts": len(sub), "num_samples": sub.num_samples,
+                     **{k: r[k] for k in ("mae", "bucket_acc", "kendall_tau", "coverage80")},
+                     "constant_mae": baseline_rows(train_ds, sub,
+                                                   predictor.bucket_edges)["constant"]["mae"]}
+    return out
+
+
+def format_by_source(by: dict) -> str:
+    lines = [f"{'test prompts of':<24}{'n':>5}{'MAE':>8}{'const':>8}{'3-bkt':>7}{'tau':>7}"
+             f"{'cov80':>7}"]
+    for s, r in by.items():
+        lines.append(f"{s:<24}{r['num_prompts']:>5}{r['mae']:>8.1f}{r['constant_mae']:>8.1f}"
+                     f"{r['bucket_acc']:>7.3f}{r['kendall_tau']:>7.3f}{r['coverage80']:>7.3f}")
+    return "\n".join(lines)
+
+
 def format_table(rows: dict, order=None) -> str:
     cols = [("mae", "MAE", "{:.1f}"), ("median_rel_err", "med.rel.err", "{:.3f}"),
             ("within_50", "<=50", "{:.3f}"), ("within_100", "<=100", "{:.3f}"),
@@ -226,7 +261,8 @@ def cross_validate(config, folds: int) -> dict:
 def run_evaluation(workdir: str, latency_batch_size: int = 64, latency_repeats: int = 50,
                    workload_log: str = "", workload_rate: float = 1.0,
                    workload_max_len: int = 0, workload_num_requests: int = 0,
-                   workload_output_scale: float = 1.0, cv_folds: int = 0) -> dict:
+                   workload_output_scale: float = 1.0, cv_folds: int = 0,
+                   split_from: str = "") -> dict:
     """Score the checkpoint in workdir on the held-out test split of the data it was trained
     on (the split is rebuilt from the config stored in the checkpoint), time predict(), and
     write workdir/eval.json; with `workload_log`, also write the held-out end-to-end workload
@@ -241,7 +277,10 @@ def run_evaluation(workdir: str, latency_batch_size: int = 64, latency_repeats: 
     from llmserve.predictor.serve import LengthPredictor
     from llmserve.predictor.train import build_datasets
     predictor = LengthPredictor.load(workdir)
-    config = ConfigDict(predictor.meta["config"])
+    # split_from: another checkpoint's data and split (a chat-trained predictor scored on the
+    # all-nine test prompts); eval.json then goes to eval_on_<that dir's name>.json
+    config = ConfigDict((LengthPredictor.load(split_from) if split_from else predictor)
+                        .meta["config"])
     config.data.split = tuple(config.data.split)
     tok = data_lib.tokenizer_for(config.tokenizer)
     train_ds, _, test_ds, desc = build_datasets(config, tok)
@@ -252,6 +291,7 @@ def run_evaluation(workdir: str, latency_batch_size: int = 64, latency_repeats: 
         predictor.embedding_cache = EmbeddingCache(
             predictor.encoder, config.features.get("encoder_cache_dir", ""))
     rows = evaluate_all(predictor, train_ds, test_ds)
+    by_source = rows_by_source(predictor, train_ds, test_ds)
     predictor.embedding_cache = None
     latency = {"text": measure_latency(predictor, test_ds.texts if all(test_ds.texts)
                                         else test_ds.prompts, latency_batch_size,
@@ -269,7 +309,7 @@ def run_evaluation(workdir: str, latency_batch_size: int = 64, latency_repeats: 
                    "ensemble_beats_avg_member_nll": ens["nll"] < avg["nll"],
                    "latency_lt_0_1_ms": latency["token_ids"]["ms_per_request"] < 0.1}
     out = {"data": desc, "num_test_prompts": len(test_ds), "num_test_samples": test_ds.num_samples,
-               "rows": rows, "latency": latency, "targets": targets,
+               "rows": rows, "by_source": by_source, "latency": latency, "targets": targets,
                "train_metrics": {k: v for k, v in predictor.meta.get("metrics", {}).items()
                               if k not in ("val", "test")}}
     if workload_log:
@@ -286,7 +326,10 @@ def run_evaluation(workdir: str, latency_batch_size: int = 64, latency_repeats: 
                 workload_output_scale)
     if cv_folds:
         out["cross_validation"] = cross_validate(config, cv_folds)
-    with open(os.path.join(workdir, "eval.json"), "w") as f:
+    name = (f"eval_on_{os.path.basename(os.path.normpath(split_from))}.json" if split_from
+            else "eval.json")
+    out["results_file"] = os.path.join(workdir, name)
+    with open(out["results_file"], "w") as f:
         json.dump(out, f, indent=1)
     return out
 

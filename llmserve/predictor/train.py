@@ -10,7 +10,6 @@ parameters from its best validation epoch; training stops when no member has imp
 """
 from __future__ import annotations
 
-import glob
 import json
 import os
 import time
@@ -29,9 +28,7 @@ from llmserve.predictor.serve import FORMAT, LengthPredictor, prompt_texts
 
 
 def build_datasets(config, tokenizer):
-    """-> (train, val, test, description). Shared data when its files exist, else a
-    synthetic trace log (written to `config.data.synthetic_log`) whose lengths depend on
-    the prompt."""
+    """-> (train, val, test, description) from config.data (load_served_data)."""
     ds, desc = load_served_data(config, tokenizer)
     d = config.data
     train, val, test = data_lib.split_by_prompt(ds, tuple(d.split), seed=d.split_seed)
@@ -42,25 +39,30 @@ def build_datasets(config, tokenizer):
 
 
 def load_served_data(config, tokenizer):
-    """Every prompt of config.data (the served model's lengths), unsplit. -> (dataset,
-    description)."""
+    """Every prompt of config.data (the served model's lengths), unsplit: its sources (dataset
+    names or KIND:PATH_GLOB; a missing one is an error, never skipped) and trace log, or with
+    data.synthetic the synthetic trace log alone. -> (dataset, description)."""
     d = config.data
-    specs = [s for s in d.sources if glob.glob(s.partition(":")[2])]
-    if d.trace_log:
-        specs = [f"trace_log:{d.trace_log}"] + list(specs)
-    if specs:
-        ds = data_lib.load_sources(specs, tokenizer)
-        desc = ", ".join(specs)
-    else:
+    if d.get("synthetic", False):
+        import tempfile
+
         from llmserve.workload.trace_log import write_trace_log
-        path = d.synthetic_log
-        if os.path.exists(path):
-            os.remove(path)
-        write_trace_log(path, data_lib.synthetic_records(d.synthetic_num_requests, tokenizer,
-                                                         seed=d.split_seed))
-        ds = data_lib.from_trace_log(path)
-        desc = f"synthetic trace log {path} ({d.synthetic_num_requests} requests)"
-    return ds, desc
+        recs = data_lib.synthetic_records(d.synthetic_num_requests, tokenizer,
+                                          seed=d.split_seed)
+        path = d.get("synthetic_log", "")
+        with tempfile.TemporaryDirectory() as tmp:   # regenerated from the seed: nothing
+            path = path or os.path.join(tmp, "synthetic.jsonl")  # has to be kept
+            if os.path.exists(path):
+                os.remove(path)
+            write_trace_log(path, recs)
+            ds = data_lib.from_trace_log(path)
+        return ds, f"synthetic trace log ({d.synthetic_num_requests} requests, data.synthetic)"
+    specs = ([f"trace_log:{d.trace_log}"] if d.trace_log else []) + list(d.sources)
+    if not specs:
+        raise ValueError("config.data.sources names no dataset and data.trace_log is empty: "
+                         "name datasets (e.g. castillo_llama31_8b) or set data.synthetic=True "
+                         "for the synthetic trace")
+    return data_lib.load_sources(specs, tokenizer), ", ".join(specs)
 
 
 def _norm(text: str) -> str:
@@ -68,11 +70,11 @@ def _norm(text: str) -> str:
 
 
 def build_aux_datasets(config, tokenizer, held_out) -> tuple[list, list[str]]:
-    """One dataset per `config.data.aux_sources` spec whose files exist, minus every prompt
-    that also appears among the `held_out` datasets' prompts (the same token ids, or texts
-    that contain one another, case and spacing ignored): the validation and test prompts
-    never reach training through another file. -> (datasets, descriptions)."""
-    specs = [s for s in config.data.aux_sources if glob.glob(s.partition(":")[2])]
+    """One dataset per `config.data.aux_sources` spec (missing files are an error), minus
+    every prompt that also appears among the `held_out` datasets' prompts (the same token
+    ids, or texts that contain one another, case and spacing ignored): the validation and
+    test prompts never reach training through another file. -> (datasets, descriptions)."""
+    specs = list(config.data.aux_sources)
     held = [_norm(t) for d in held_out for t in d.texts if t]
     held_ids = {tuple(p) for d in held_out for p in d.prompts}
     joined = "\x00".join(held)

@@ -17,7 +17,7 @@ CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "predict
 def small_config(tmp_path, n=600):
     from llmserve.config import load_config
     c = load_config(CONFIG)
-    c.data.sources = ()  # never the shared data: the synthetic trace log
+    c.data.synthetic = True  # never the shared data: the synthetic trace log
     c.data.aux_sources = ()
     c.data.synthetic_log = str(tmp_path / "synthetic.jsonl")
     c.data.synthetic_num_requests = n
@@ -207,10 +207,32 @@ def test_aux_data_never_holds_a_held_out_prompt(tmp_path):
                               [np.array([5.0]), np.array([6.0])],
                               ["Please: name three rivers in europe.", None], ["x", "y"])
     c = small_config(tmp_path)
-    c.data.aux_sources = (f"instruct:{tmp_path / 'a.json'}", "instruct:/nonexistent/*.json")
+    c.data.aux_sources = (f"instruct:{tmp_path / 'a.json'}",)
     aux, desc = train.build_aux_datasets(c, tok, [held])
     assert len(aux) == 1 and "2 dropped" in desc[0]   # by text, and by token ids alone
     assert aux[0].texts == ["Write a poem about owls"]
+    # a missing source is an error, never skipped
+    c.data.aux_sources = (f"instruct:{tmp_path / 'a.json'}", "instruct:/nonexistent/*.json")
+    with pytest.raises(ValueError, match="no file matches"):
+        train.build_aux_datasets(c, tok, [held])
+
+
+def test_missing_dataset_is_an_error_naming_the_fetch_command_not_synthetic_data(
+        tmp_path, monkeypatch):
+    monkeypatch.setenv("LLMSERVE_DATA", str(tmp_path / "empty"))
+    tok = data.tokenizer_for("tiny")
+    c = small_config(tmp_path)
+    c.data.synthetic = False
+    c.data.sources = ("castillo_llama31_8b_alpaca_validate",)
+    with pytest.raises(ValueError, match="'castillo_llama31_8b_alpaca_validate'.*python scripts/"
+                       "fetch_data.py --config=configs/data.py --config.names="
+                       "castillo_llama31_8b_alpaca_validate"):
+        train.build_datasets(c, tok)
+    c.data.sources = ()
+    with pytest.raises(ValueError, match="data.synthetic=True"):
+        train.build_datasets(c, tok)
+    with pytest.raises(ValueError, match="azure_csv data, with no prompt text"):
+        data.load_sources(["azure_conv_2023"], tok)
 
 
 def test_kendall_tau_against_hand_count():
@@ -398,3 +420,32 @@ def test_keep_last_runs_every_epoch_up_to_stop_epoch(tmp_path):
     c.train.stop_epoch = 7
     with pytest.raises(ValueError, match="stop_epoch"):
         train.train_ensemble(tr, None, *args)
+
+
+def test_rows_by_source_against_numpy_and_split_from(trained, tmp_path):
+    c, _, work = trained
+    p = LengthPredictor.load(work)
+    tok = data.tokenizer_for(c.tokenizer)
+    recs = data.synthetic_records(60, tok, seed=3)
+    srcs = ["castillo/Alpaca", "castillo/ShareGPT", "castillo/Mbpp"]
+    ds = data.LengthDataset([r["prompt_token_ids"] for r in recs],
+                            [np.array([r["output_len"], r["output_len"] + 4.0]) for r in recs],
+                            [r["prompt_text"] for r in recs], [srcs[i % 3] for i in range(60)])
+    by = evaluate.rows_by_source(p, ds, ds)
+    # oracle: |median - each sample| averaged with numpy over the rows of each part
+    med = p.predict(ds.prompts, ds.texts).median
+    for name, members in [(s, {s}) for s in srcs] + [("[castillo chat]", set(srcs[:2]))]:
+        err = [abs(med[i] - y) for i, s in enumerate(ds.sources) if s in members
+               for y in ds.lengths[i]]
+        assert by[name]["mae"] == pytest.approx(np.mean(err), rel=1e-5), name
+        assert by[name]["num_prompts"] == sum(s in members for s in ds.sources)
+    assert "[castillo code]" not in by          # one code source: nothing to group
+    # split_from: the checkpoint scored on another checkpoint's split (here its own, so the
+    # figures must equal a plain evaluation's) and written to eval_on_<dir>.json
+    plain = evaluate.run_evaluation(work, latency_batch_size=4, latency_repeats=1)
+    other = evaluate.run_evaluation(work, latency_batch_size=4, latency_repeats=1,
+                                    split_from=work)
+    assert other["results_file"].endswith("eval_on_work.json")
+    assert os.path.isfile(other["results_file"]) and plain["results_file"].endswith("eval.json")
+    assert other["rows"]["ensemble"]["mae"] == plain["rows"]["ensemble"]["mae"]
+    assert other["by_source"] == plain["by_source"]

@@ -59,7 +59,7 @@ def trained(tmp_path_factory):
     enc_dir = tmp / "bert"
     shutil.copytree(FIXTURE, enc_dir)
     c = load_config(CONFIG)
-    c.data.sources = ()
+    c.data.synthetic = True
     c.data.aux_sources = ()
     c.data.synthetic_log = str(tmp / "synthetic.jsonl")
     c.data.synthetic_num_requests = 300
