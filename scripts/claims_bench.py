@@ -68,6 +68,7 @@ def main(argv):
             rows = claims.exp_variance(setup, c.variance)
             _vs_first(rows, lambda r: r["cv"])
             t = table(rows, [("CV (real)", lambda r: f"{r['cv']:g} ({r['output_cv']:.2f})"),
+                             ("mean out", lambda r: f"{r['output_mean']:.0f}"),
                              ("policy", lambda r: r["policy"]),
                              ("x static", lambda r: f"{r['x_first']:.2f}")])
         elif e == "kv":
@@ -97,7 +98,9 @@ def main(argv):
             rows = claims.exp_overhead(c.overhead)
             cols = [("us_per_request_step", "us / request-step", 1, ".2f"),
                     ("us_per_step", "us / step", 1, ".0f"),
-                    ("ms_per_request_lifetime", "ms / request (life)", 1, ".3f")]
+                    ("ms_per_request_lifetime", "ms / request (life)", 1, ".3f"),
+                    ("cpu_ms_per_request_lifetime", "CPU ms / request (life, + mock runner)",
+                     1, ".3f"), ("load_average", "load avg", 1, ".1f")]
             t = table(rows, [("preset", lambda r: r["preset"]),
                              ("running", lambda r: r["running"])], cols)
         out[e] = rows

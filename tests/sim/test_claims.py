@@ -88,3 +88,12 @@ def test_policy_list_names_bad_items():
         ("a", "chunked"), ("b x", "predictive+predictor=noisy_oracle:1.0:0")]
     with pytest.raises(ValueError, match="name=policy_spec"):
         claims._policy_list("chunked")
+
+
+def test_run_one_uses_the_asked_kv_pool():
+    setup = _setup()
+    big = claims.run_one(setup, "chunked", WL)
+    small = claims.run_one(setup, "chunked", WL, num_kv_blocks=24)
+    assert big["preemptions"] == 0 and small["preemptions"] > 0
+    assert small["kv_utilization_mean"] > big["kv_utilization_mean"]
+    assert small["num_finished"] == len(WL)
