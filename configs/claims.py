@@ -11,18 +11,25 @@ import ml_collections
 
 def get_config():
     c = ml_collections.ConfigDict()
+    # Tables to produce, comma-separated (llmserve/sim/claims.py EXPERIMENTS).
     c.experiments = "variance,kv,fragmentation,noise_floor,overhead,budget"
-    c.runner = "sim"
+    c.runner = "sim"                    # the simulated tables run on the simulator only
     c.hardware = "h100-80gb"            # any sim/hardware.py profile, e.g. h200-fit
+    # The model, workload (the kv/fragmentation/budget tables replay this trace), engine,
+    # SLO and cost-model sections of configs/benchmark.py, with the same meaning.
     c.model = ml_collections.ConfigDict({"preset": "llama3-8b", "path": ""})
+    # Azure conversation trace by dataset name (scripts/fetch_data.py).
     c.workload = ml_collections.ConfigDict({
         "kind": "azure_csv", "dataset": "azure_conv_2023", "path": "", "num_requests": 0,
         "rate": 1.0, "rate_scale": 0.0, "seed": 0, "time_limit_s": 0.0})
+    # Section 2 of docs/RESULTS.md: 256 sequences, budget 512, static batch 32.
     c.engine = ml_collections.ConfigDict({
         "max_num_seqs": 256, "max_num_batched_tokens": 512, "block_size": 16,
         "num_kv_blocks": 0, "max_model_len": 8192, "static_batch_size": 32,
         "dtype": "auto", "seed": 0, "warmup": False})
+    # Goodput SLOs (p99 TTFT, TPOT seconds).
     c.slo = ml_collections.ConfigDict({"ttft_s": 2.0, "tpot_s": 0.1})
+    # Cost-model overrides; a fitted profile (hardware=h200-fit) brings its own factors.
     c.cost_model = ml_collections.ConfigDict({"calibration": "", "memory_utilization": 0.9,
                                               "efficiency": {}})
 
