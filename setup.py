@@ -7,6 +7,8 @@ setup(
     description="Serve a real transformer in JAX and measure what scheduling wins back.",
     python_requires=">=3.12",
     packages=find_packages(include=["llmserve", "llmserve.*", "pallas_kernels", "pallas_kernels.*"]),
+    # Fitted hardware profiles the simulator loads by name (llmserve/sim/hardware.py).
+    package_data={"llmserve.sim": ["profiles/*.json"]},
     install_requires=[
         "jax>=0.11,<0.13",
         "flax",
