@@ -136,11 +136,16 @@ def test_committed_h200_fit_profile_is_usable():
 
 @pytest.mark.slow
 def test_sweep_smoke_run_writes_the_json_the_fit_reads(tmp_path):
+    """Through scripts/gpu_check.sh as a GPU run calls it (kernel stages skipped by budget,
+    the calibration sweep's CPU profile)."""
+    env = {**os.environ, "OUT": str(tmp_path), "KERNEL_BUDGET_S": "0", "TOTAL_BUDGET_S": "0",
+           "CALIB_PROFILE": "smoke", "PYTHON": sys.executable, "JAX_PLATFORMS": "cpu"}
+    subprocess.run(["bash", "scripts/gpu_check.sh"], cwd=ROOT, env=env, check=True,
+                   capture_output=True, timeout=900)
+    with open(tmp_path / "run.json") as f:
+        rcs = {r["stage"]: r["rc"] for r in json.load(f)["stage_rc"]}
+    assert rcs["calib_sweep"] == 0
     out = tmp_path / "calib_sweep.json"
-    env = {**os.environ, "PYTHONPATH": ROOT, "JAX_PLATFORMS": "cpu"}
-    subprocess.run([sys.executable, "scripts/calib_sweep.py", "--profile=smoke", "--steps=2",
-                    f"--out={out}"], cwd=ROOT, env=env, check=True, capture_output=True,
-                   timeout=600)
     data = json.loads(out.read_text())
     assert data["kind"] == "calib_sweep" and len(data["rows"]) == 9
     assert all(r.get("step_s", 0) > 0 for r in data["rows"])
