@@ -12,7 +12,8 @@ from llmserve.core.sched_output import RunnerOutput, SchedulerOutput
 from llmserve.model.attention import AttentionMetadata
 from llmserve.model.config import ModelConfig
 from llmserve.model.kv_cache import init_kv_cache
-from llmserve.model.sampling import prompt_logprobs, sample, top_logprobs
+from llmserve.model.sampling import (CANDIDATE_CAPS, candidate_cap, prompt_logprobs, sample,
+                                      top_logprobs)
 from llmserve.model.transformer import forward
 from llmserve.runner.buckets import Buckets
 from llmserve.sampling_params import MAX_TOP_LOGPROBS
@@ -39,7 +40,8 @@ PROMPT_OFF, PROMPT_CHOSEN, PROMPT_TOP = 0, 1, 2
 
 
 def _step_fn(params, kv_cache, batch, cfg: ModelConfig, attention_impl: str, decode_only: bool,
-             attention_fn=None, with_top: bool = False, with_prompt: int = PROMPT_OFF):
+             attention_fn=None, with_top: bool = False, with_prompt: int = PROMPT_OFF,
+             cap: int = CANDIDATE_CAPS[0]):
     md = AttentionMetadata(batch["slot_mapping"], batch["query_start_loc"], batch["seq_lens"],
                            batch["block_tables"], batch["num_seqs"], decode_only)
     if with_prompt:
@@ -53,7 +55,7 @@ def _step_fn(params, kv_cache, batch, cfg: ModelConfig, attention_impl: str, dec
                                    kv_cache, md, batch["logits_indices"], attention_impl,
                                    attention_fn)
     tokens, logprobs = sample(logits, batch["temperature"], batch["top_k"], batch["top_p"],
-                              batch["seeds"], batch["token_index"])
+                              batch["seeds"], batch["token_index"], cap=cap)
     if with_top or with_prompt:
         # Separate static variants, compiled only once a step needs them: the default step
         # (and its transfer) stays as it was. Nested in the logprobs slot so the TP step's
@@ -70,7 +72,7 @@ def _step_fn(params, kv_cache, batch, cfg: ModelConfig, attention_impl: str, dec
 
 
 _step = jax.jit(_step_fn, static_argnames=("cfg", "attention_impl", "decode_only", "with_top",
-                                           "with_prompt"),
+                                           "with_prompt", "cap"),
                 donate_argnums=(1,))
 
 
@@ -85,6 +87,8 @@ class JaxRunner:
         self.max_blocks_per_seq = -(-max_model_len // block_size)
         self.buckets = Buckets(max_num_batched_tokens, max_num_seqs, self.max_blocks_per_seq)
         self.tp = tensor_parallel_size
+        # The sampler's candidate cap when no row asks for a top_k above the smallest cap.
+        self.default_cap = candidate_cap((), (), cfg.vocab_size)
         self.mesh = None
         if self.tp != 1:
             # Tensor parallel: params and cache split over a "tp" mesh (model/sharding.py).
@@ -97,30 +101,33 @@ class JaxRunner:
             self._tp_attend = sharding.head_parallel_attention(self.mesh)
             # Every variant is built when first needed; _tp_steps names the default ones.
             self._tp_variants = {}
-            self._tp_steps = {d: self._tp_step((d, False, PROMPT_OFF)) for d in (False, True)}
+            self._tp_steps = {d: self._tp_step((d, False, PROMPT_OFF, self.default_cap))
+                              for d in (False, True)}
         else:
             self.kv_cache = init_kv_cache(cfg, num_kv_blocks, block_size, kv_dtype)
         self.params = params
         self.stats = RunnerStats()
 
     def _tp_step(self, variant: tuple):
-        """The jitted TP step of one (decode_only, with_top, with_prompt) variant, built when
+        """The jitted TP step of one (decode_only, with_top, with_prompt, cap) variant, built when
         first needed: jit takes no kwargs (the static ones) together with in_shardings, so
         they are bound first."""
         step = self._tp_variants.get(variant)
         if step is None:
             from llmserve.model import sharding
-            d, w, p = variant
+            d, w, p, cap = variant
             step = sharding.jit_sharded_step(functools.partial(
                 _step_fn, cfg=self.cfg, attention_impl=self.attention_impl, decode_only=d,
-                attention_fn=self._tp_attend, with_top=w, with_prompt=p), self.mesh, self.cfg)
+                attention_fn=self._tp_attend, with_top=w, with_prompt=p, cap=cap), self.mesh,
+                self.cfg)
             self._tp_variants[variant] = step
         return step
 
     def _run_step(self, batch, decode_only: bool, with_top: bool = False,
-                  with_prompt: int = PROMPT_OFF):
+                  with_prompt: int = PROMPT_OFF, cap: int | None = None):
+        cap = cap or self.default_cap
         if self.mesh is not None:
-            step = self._tp_step((decode_only, with_top, with_prompt))
+            step = self._tp_step((decode_only, with_top, with_prompt, cap))
             return step(self.params, self.kv_cache, batch)
         # The variant flags are passed only when set: the default variant is called exactly as
         # before, so it hits the same jit cache entry as warmup.
@@ -129,6 +136,8 @@ class JaxRunner:
             extra["with_top"] = True
         if with_prompt:
             extra["with_prompt"] = with_prompt
+        if cap != self.default_cap:
+            extra["cap"] = cap
         return _step(self.params, self.kv_cache, batch, cfg=self.cfg,
                      attention_impl=self.attention_impl, decode_only=decode_only, **extra)
 
@@ -227,8 +236,11 @@ class JaxRunner:
         prompt_rows = self._prompt_rows(sched_out, batch)
         with_prompt = PROMPT_OFF if not prompt_rows else (
             PROMPT_TOP if any(k for *_, k in prompt_rows) else PROMPT_CHOSEN)
+        # A larger candidate cap (another static variant) only when a row's top_k needs it;
+        # padding rows are greedy, so they never do.
+        cap = candidate_cap(batch["temperature"], batch["top_k"], self.cfg.vocab_size)
         tokens, logprobs, self.kv_cache = self._run_step(batch, shape[3], bool(want_top),
-                                                         with_prompt)
+                                                         with_prompt, cap)
         tokens, logprobs = jax.device_get((tokens, logprobs))   # one transfer
         extra = None
         if want_top or with_prompt:
@@ -243,7 +255,7 @@ class JaxRunner:
         st.padded_tokens += shape[0] - sched_out.num_computed_slots
         tags = (("top",) if want_top else ()) + (
             ("prompt", "prompt_top" if with_prompt == PROMPT_TOP else "prompt_chosen")
-            if with_prompt else ())
+            if with_prompt else ()) + ((("cap", cap),) if cap != self.default_cap else ())
         st.compiled_shapes.add(shape + tags)
         sampled, lps = {}, {}
         for i, r in enumerate(sched_out.scheduled):
