@@ -26,5 +26,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    parse_flags_or_exit(sys.argv)
-    app.run(main)
+    app.run(main, flags_parser=parse_flags_or_exit)

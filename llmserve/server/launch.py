@@ -38,13 +38,13 @@ def settings_from_config(cfg) -> ServerSettings:
                           body_timeout_s=cfg.get("body_timeout_s", 30.0))
 
 
-def parse_flags_or_exit(argv: list[str]) -> None:
-    """Parse the absl flags now: an override of a field the config lacks
+def parse_flags_or_exit(argv: list[str]) -> list[str]:
+    """app.run's flags_parser: an override of a field the config lacks
     (--config.engine.nonexistent=1) raises an ml_collections AttributeError inside absl's
     parser, which app.run shows as a traceback. Exit with one line naming it instead."""
     from absl import flags
     try:
-        flags.FLAGS(argv)
+        return flags.FLAGS(argv)
     except flags.Error as e:          # what app.run would print, without its usage dump
         raise SystemExit(f"flags parsing error: {e}") from None
     except (AttributeError, KeyError) as e:
