@@ -2,10 +2,14 @@
 
   python scripts/engine_bench.py --config=configs/engine_bench.py --workdir=results/engine_bench
 
-The `tiny` preset's dummy weights are saved as an HF Llama checkpoint (safetensors) in a temp
-dir; our engine loads that checkpoint and scripts/hf_reference_bench.py (in the Python 3.11
-reference venv, torch + transformers) loads the same files. All requests of a case arrive at
-once; both sides are greedy with EOS ignored, so both produce exactly the requested tokens.
+config.model is a preset (default `tiny-32k`: a random Llama with a 32,000-token vocabulary,
+so the sampler and the vocabulary projection cost what they cost on real models) whose dummy
+weights are saved as an HF Llama checkpoint (safetensors) in a temp dir, or a checkpoint:
+a Hugging Face directory, a .gguf file or a packaged name (smollm2-135m-instruct). Our engine
+loads it and scripts/hf_reference_bench.py (in the Python 3.11 reference venv, torch +
+transformers) loads the same files (config.hf.checkpoint overrides what it loads). Prompts are
+random token ids of the model's vocabulary. All requests of a case arrive at once; both sides
+are greedy with EOS ignored, so both produce exactly the requested tokens.
   (a) 16 prompts x 128 tokens -> 64 new tokens each (no padding for static batching)
   (b) 64 requests, prompt/output lengths from the Azure conversation trace scaled to the
       tiny model (prompts 16-512, outputs 8-256)
@@ -16,6 +20,7 @@ host overhead (wall time outside the jitted step) and the compile count. Results
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
@@ -35,6 +40,8 @@ import numpy as np
 
 from llmserve import LLM, SamplingParams
 
+import engine_bench_vllm  # the optional vLLM side, beside this script
+
 _CONFIG = config_flags.DEFINE_config_file("config", os.path.join(ROOT, "configs/engine_bench.py"),
                                           "benchmark config")
 _WORKDIR = flags.DEFINE_string("workdir", "results/engine_bench", "where results JSON is written")
@@ -47,9 +54,9 @@ AZURE_CONV_LOGNORMAL = {"context": (6.6333, 0.9852), "generated": (5.0190, 0.859
 
 
 # ---- workloads --------------------------------------------------------------------------------
-def case_a(c, rng) -> dict:
+def case_a(c, rng, vocab: int) -> dict:
     a = c.a
-    prompts = [rng.integers(0, 256, a.prompt_len).tolist() for _ in range(a.num_prompts)]
+    prompts = [rng.integers(0, vocab, a.prompt_len).tolist() for _ in range(a.num_prompts)]
     return {"name": "a", "desc": f"{a.num_prompts} x {a.prompt_len} -> {a.output_len}",
             "prompts": prompts, "output_lens": [a.output_len] * a.num_prompts}
 
@@ -71,12 +78,12 @@ def azure_lengths(b, rng) -> tuple[np.ndarray, np.ndarray, str]:
             "log-normal fit of the Azure conversation trace (b.synthetic)")
 
 
-def case_b(c, rng) -> dict:
+def case_b(c, rng, vocab: int) -> dict:
     b = c.b
     ctx, gen, source = azure_lengths(b, rng)
     p_lens = np.clip(np.round(ctx / b.prompt_scale), b.min_prompt, b.max_prompt).astype(int)
     o_lens = np.clip(np.round(gen / b.output_scale), b.min_output, b.max_output).astype(int)
-    prompts = [rng.integers(0, 256, n).tolist() for n in p_lens]
+    prompts = [rng.integers(0, vocab, n).tolist() for n in p_lens]
     return {"name": "b", "desc": f"{b.num_requests} Azure-shaped (prompts "
             f"{p_lens.min()}-{p_lens.max()}, median {int(np.median(p_lens))}; outputs "
             f"{o_lens.min()}-{o_lens.max()}, median {int(np.median(o_lens))})",
@@ -170,73 +177,101 @@ def main(argv):
     del argv
     c = _CONFIG.value
     os.makedirs(_WORKDIR.value, exist_ok=True)
-    from llmserve.model.config import get_preset
-    from llmserve.model.loader import save_hf_checkpoint
-    from llmserve.model.params import init_params
-    from llmserve.runner.jax_runner import JaxRunner
-
     rng = np.random.default_rng(c.seed)
     makers = {"a": case_a, "b": case_b}
     names = [n.strip() for n in c.cases.split(",") if n.strip()]
     for n in names:
         if n not in makers:
             raise app.UsageError(f"unknown case {n!r}; expected a subset of a,b")
-    cases = [makers[n](c, rng) for n in names]
-    longest = max(len(p) + o for cs in cases for p, o in zip(cs["prompts"], cs["output_lens"]))
-    if longest > c.engine.max_model_len:
-        raise app.UsageError(f"engine.max_model_len {c.engine.max_model_len} < longest request "
-                             f"{longest}")
-
-    cfg = get_preset(c.model).replace(dtype="float32")
-    results = {"config": c.to_dict(), "machine": {"cpus": os.cpu_count(),
-                                                 "loadavg_start": os.getloadavg()}, "cases": {}}
-    with tempfile.TemporaryDirectory(prefix="engine_bench_ckpt_") as ckpt:
-        save_hf_checkpoint(init_params(cfg, c.seed), cfg, ckpt)
-        logging.info("saved %s (%d params) as an HF checkpoint in %s", c.model, cfg.num_params(),
-                     ckpt)
-        policies = [p.strip() for p in c.hf.omp_wait_policy.split(",")] or [""]
-        hfs = []
-        try:
-            hfs = [HFReference(c, ckpt, pol) for pol in policies]
-            results["transformers"] = hfs[0].info
-            t0 = time.perf_counter()
-            llm = LLM(ckpt, dtype="float32", seed=c.seed, **c.engine.to_dict())
-            results["ours_load_s"] = time.perf_counter() - t0
-            for case in cases:
-                warm = None
-                if c.warmup:
-                    warm = run_ours(llm, case)
-                    logging.info("case %s warm-up: %.2fs, %d compiles", case["name"],
-                                 warm["wall_s"], warm["compiles"])
-                runs = []
-                for r in range(c.rounds):
-                    load = os.getloadavg()[0]
-                    ours = run_ours(llm, case)
-                    # Every OMP policy runs; the round's figure is the best one's.
-                    tries = [hf.run(case, c.hf.batch_size) for hf in hfs]
-                    for t, hf in zip(tries, hfs):
-                        t["omp_wait_policy"] = hf.info["omp_wait_policy"]
-                    theirs = min(tries, key=lambda t: t["wall_s"])
-                    theirs["all_policies"] = {t["omp_wait_policy"]: t["wall_s"] for t in tries}
-                    logging.info("case %s round %d: ours %.1f tok/s, transformers %.1f tok/s "
-                                 "(load %.1f)", case["name"], r, ours["tokens_per_s"],
-                                 theirs["tokens_per_s"], load)
-                    runs.append({"ours": ours, "transformers": theirs, "loadavg": load})
-                results["cases"][case["name"]] = summarize(case, runs, warm, c)
-            results["total_compiles"] = JaxRunner.jit_cache_size()
-            results["compiled_shapes"] = sorted(llm.engine.runner.stats.compiled_shapes)
-        finally:
-            for hf in hfs:
-                hf.close()
-    results["machine"]["loadavg_end"] = os.getloadavg()
-    results["machine"]["busy"] = any(
-        run["loadavg"] > 1.25 * (os.cpu_count() or 1)
-        for r in results["cases"].values() for run in r["runs"])
+    with model_checkpoint(c) as (ckpt, cfg):
+        cases = [makers[n](c, rng, cfg.vocab_size) for n in names]
+        longest = max(len(p) + o for cs in cases
+                      for p, o in zip(cs["prompts"], cs["output_lens"]))
+        if longest > c.engine.max_model_len:
+            raise app.UsageError(f"engine.max_model_len {c.engine.max_model_len} < longest "
+                                 f"request {longest}")
+        results = bench(c, ckpt, cfg, cases)
     print_table(results, c)
     out = os.path.join(_WORKDIR.value, "engine_bench.json")
     with open(out, "w") as f:
         json.dump(results, f, indent=1)
     print(f"wrote {out}")
+
+
+@contextlib.contextmanager
+def model_checkpoint(c):
+    """(checkpoint both sides load, ModelConfig): a preset's dummy weights saved as an HF
+    checkpoint in a temp dir (removed afterwards), or the checkpoint config.model names."""
+    from llmserve.model import loader
+    from llmserve.model.config import PRESETS, get_preset
+    from llmserve.model.params import init_params
+    if c.model in PRESETS:
+        cfg = get_preset(c.model).replace(dtype="float32")
+        with tempfile.TemporaryDirectory(prefix="engine_bench_ckpt_") as ckpt:
+            loader.save_hf_checkpoint(init_params(cfg, c.seed), cfg, ckpt)
+            logging.info("saved %s (%d params) as an HF checkpoint in %s", c.model,
+                         cfg.num_params(), ckpt)
+            yield ckpt, cfg
+        return
+    from llmserve.model.gguf_loader import resolve_checkpoint
+    path = resolve_checkpoint(c.model)
+    if path is None:
+        raise app.UsageError(f"model {c.model!r} is neither a preset ({sorted(PRESETS)}) nor a "
+                             "checkpoint directory, .gguf file or packaged model name")
+    yield path, loader.load_config(path)
+
+
+def bench(c, ckpt: str, cfg, cases: list[dict]) -> dict:
+    """Both sides on every case, alternated round by round."""
+    from llmserve.runner.jax_runner import JaxRunner
+    results = {"config": c.to_dict(), "machine": {"cpus": os.cpu_count(),
+                                                 "loadavg_start": os.getloadavg()}, "cases": {},
+               "model": {"name": c.model, "vocab_size": cfg.vocab_size,
+                         "num_params": cfg.num_params(), "num_layers": cfg.num_layers,
+                         "hidden_size": cfg.hidden_size}}
+    policies = [p.strip() for p in c.hf.omp_wait_policy.split(",")] or [""]
+    hfs, vls = [], []
+    try:
+        hfs = [HFReference(c, c.hf.checkpoint or ckpt, pol) for pol in policies]
+        results["transformers"] = hfs[0].info
+        vls, results["vllm_side"] = engine_bench_vllm.open_sides(
+            c, ckpt, c.engine.max_model_len)
+        results["vllm_info"] = {v.mode: v.info for v in vls}
+        t0 = time.perf_counter()
+        llm = LLM(ckpt, dtype="float32", seed=c.seed, **c.engine.to_dict())
+        results["ours_load_s"] = time.perf_counter() - t0
+        for case in cases:
+            warm = None
+            if c.warmup:
+                warm = run_ours(llm, case)
+                logging.info("case %s warm-up: %.2fs, %d compiles", case["name"],
+                             warm["wall_s"], warm["compiles"])
+            runs = []
+            for r in range(c.rounds):
+                load = os.getloadavg()[0]
+                ours = run_ours(llm, case)
+                # Every OMP policy runs; the round's figure is the best one's.
+                tries = [hf.run(case, c.hf.batch_size) for hf in hfs]
+                for t, hf in zip(tries, hfs):
+                    t["omp_wait_policy"] = hf.info["omp_wait_policy"]
+                theirs = min(tries, key=lambda t: t["wall_s"])
+                theirs["all_policies"] = {t["omp_wait_policy"]: t["wall_s"] for t in tries}
+                logging.info("case %s round %d: ours %.1f tok/s, transformers %.1f tok/s "
+                             "(load %.1f)", case["name"], r, ours["tokens_per_s"],
+                             theirs["tokens_per_s"], load)
+                runs.append({"ours": ours, "transformers": theirs, "loadavg": load,
+                             "vllm": engine_bench_vllm.run_sides(vls, case)})
+            results["cases"][case["name"]] = summarize(case, runs, warm, c)
+        results["total_compiles"] = JaxRunner.jit_cache_size()
+        results["compiled_shapes"] = sorted(llm.engine.runner.stats.compiled_shapes)
+    finally:
+        for hf in hfs + vls:
+            hf.close()
+    results["machine"]["loadavg_end"] = os.getloadavg()
+    results["machine"]["busy"] = any(
+        run["loadavg"] > 1.25 * (os.cpu_count() or 1)
+        for r in results["cases"].values() for run in r["runs"])
+    return results
 
 
 def summarize(case: dict, runs: list[dict], warm: dict | None, c) -> dict:
@@ -260,6 +295,7 @@ def summarize(case: dict, runs: list[dict], warm: dict | None, c) -> dict:
         "transformers_padding_waste": 1 - sum(case["output_lens"]) /
         theirs[0]["decode_token_slots"],
         "agreement": agreement(ours[-1]["tokens"], theirs[-1]["tokens"]),
+        **engine_bench_vllm.summarize(runs, o_tps, ours[-1]["tokens"], agreement),
         "runs": [{"ours": strip(r["ours"]), "transformers": strip(r["transformers"]),
                   "loadavg": r["loadavg"]} for r in runs],
     }
@@ -267,7 +303,9 @@ def summarize(case: dict, runs: list[dict], warm: dict | None, c) -> dict:
 
 def print_table(results: dict, c) -> None:
     print()
-    print(f"engine_bench: model {c.model} float32, {results['machine']['cpus']} CPUs, "
+    m = results["model"]
+    print(f"engine_bench: model {c.model} (vocabulary {m['vocab_size']}, {m['num_layers']} layers, "
+          f"hidden {m['hidden_size']}) float32, {results['machine']['cpus']} CPUs, "
           f"transformers: best of OMP_WAIT_POLICY={c.hf.omp_wait_policy or 'default'} "
           f"per round, "
           f"{c.rounds} alternating rounds (A B ...), medians; "
@@ -298,6 +336,7 @@ def print_table(results: dict, c) -> None:
               f"{cpus} CPUs). torch's OpenMP threads slow down far more than XLA's when "
               "oversubscribed (OMP_WAIT_POLICY=PASSIVE softens it), so treat the ratios as "
               "rough; rerun on an idle machine.")
+    engine_bench_vllm.print_table(results)
 
 
 if __name__ == "__main__":
