@@ -47,7 +47,12 @@ def test_a_step_failing_on_one_request_aborts_it_alone(where):
     assert "InjectedStepFault" in bad.error
     others = outs[:where] + outs[where + 1:]
     assert [o.token_ids for o in others] == [o.token_ids for o in ref]
-    assert [o.logprobs for o in others] == [o.logprobs for o in ref]
+    # Logprobs to float32 rounding: the sampler's reductions may tile differently for another
+    # batch (the candidate cap is chosen per batch), the chosen tokens do not move.
+    for o, r in zip(others, ref):
+        assert (o.logprobs is None) == (r.logprobs is None)
+        if r.logprobs is not None:
+            np.testing.assert_allclose(o.logprobs, r.logprobs, rtol=1e-5, atol=1e-5)
     assert all(o.error is None and o.finish_reason == "length" for o in others)
     assert not eng.has_unfinished() and not eng.errors
     eng.scheduler.block_manager.check_all_free()

@@ -21,7 +21,7 @@ from server_utils import serve_in_thread, tiny_async_engine, wait_idle
 
 from llmserve.sampling_params import SamplingParams
 
-FUZZ = settings(max_examples=60, deadline=None, derandomize=True, database=None,
+FUZZ = settings(max_examples=40, deadline=None, derandomize=True, database=None,
                 suppress_health_check=list(HealthCheck))
 TALLY: collections.Counter = collections.Counter()   # (endpoint, outcome): the RESULTS table
 ENGINE_KW = dict(max_num_seqs=8, max_model_len=64, max_num_batched_tokens=32)
@@ -127,7 +127,7 @@ def test_completions_schema_fuzz(live, body):
     _send(live, "/v1/completions", body)
 
 
-@settings(FUZZ, max_examples=40)
+@settings(FUZZ, max_examples=30)
 @given(body=chat_bodies())
 def test_chat_schema_fuzz(live, body):
     _send(live, "/v1/chat/completions", body)
