@@ -142,6 +142,10 @@ class GGUFFile:
             raise ValueError(f"{self.path}: tensor {name!r} has type {t.tensor_type.name}, which "
                              f"the gguf package cannot dequantize; supported: "
                              f"{', '.join(supported_types())}") from None
+        except Exception as e:  # a block layout that does not fit the shape
+            raise ValueError(f"{self.path}: tensor {name!r} ({t.tensor_type.name}) cannot be "
+                             f"dequantized ({type(e).__name__}: {e}); the file is corrupt") \
+                from None
         return np.asarray(a, np.float32).reshape(self.shape(name))
 
 
