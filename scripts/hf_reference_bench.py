@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -26,7 +27,8 @@ import time
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", required=True, help="HF checkpoint dir (config.json + "
-                    "model.safetensors), e.g. written by llmserve.model.loader.save_hf_checkpoint")
+                    "model.safetensors), e.g. written by llmserve.model.loader.save_hf_checkpoint, "
+                    "or a .gguf file (transformers dequantizes it: needs the gguf package)")
     ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     ap.add_argument("--attn_implementation", default="sdpa", help="sdpa | eager")
     ap.add_argument("--pad_token_id", type=int, default=0, help="id used for left padding")
@@ -37,8 +39,12 @@ def main() -> None:
     from transformers import AutoModelForCausalLM, GenerationConfig
 
     torch.set_num_threads(args.threads)
+    where, kw = args.checkpoint, {}
+    if os.path.isfile(args.checkpoint):
+        where, kw = os.path.dirname(os.path.abspath(args.checkpoint)), {
+            "gguf_file": os.path.basename(args.checkpoint)}
     model = AutoModelForCausalLM.from_pretrained(
-        args.checkpoint, dtype=torch.float32, attn_implementation=args.attn_implementation).eval()
+        where, dtype=torch.float32, attn_implementation=args.attn_implementation, **kw).eval()
     # generate() treats None in a passed GenerationConfig as "unset" and falls back to the
     # model's own, so EOS is cleared there: every sequence runs to max_new_tokens.
     model.generation_config.eos_token_id = None

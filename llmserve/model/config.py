@@ -119,6 +119,12 @@ PRESETS: dict[str, ModelConfig] = {
                         num_layers=6, num_heads=8, num_kv_heads=2, head_dim=64,
                         rope_theta=10000.0, max_position_embeddings=4096,
                         bos_token_id=BYTE_BOS, eos_token_id=BYTE_EOS, model_type="llama"),
+    # A random Llama with a real (Llama-2 sized) vocabulary: where the sampler and the
+    # vocabulary projection cost what they cost on real models (the engine benchmark's default).
+    "tiny-32k": ModelConfig(vocab_size=32000, hidden_size=256, intermediate_size=1024,
+                            num_layers=4, num_heads=4, num_kv_heads=2, head_dim=64,
+                            rope_theta=10000.0, max_position_embeddings=4096,
+                            bos_token_id=1, eos_token_id=2, model_type="llama"),
     "llama3-8b": ModelConfig(vocab_size=128256, hidden_size=4096, intermediate_size=14336,
                              num_layers=32, num_heads=32, num_kv_heads=8, head_dim=128,
                              rope_theta=500000.0, rope_scaling=RopeScaling(),
