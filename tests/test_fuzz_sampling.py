@@ -50,7 +50,9 @@ def test_sampling_params_refuse_by_field_or_fit_the_step(kw):
 @pytest.fixture(scope="module")
 def llm():
     from llmserve import LLM
-    yield LLM("tiny", max_model_len=64, max_num_batched_tokens=32, max_num_seqs=4)
+    # A fixed KV pool, not one sized from the host's free memory (a shared machine's varies).
+    yield LLM("tiny", max_model_len=64, max_num_batched_tokens=32, max_num_seqs=4,
+              kv_cache_memory_bytes=64 << 20)
     print(f"\nSamplingParams/LLM.generate fuzz: {dict(TALLY)}")
 
 

@@ -21,7 +21,10 @@ GOOD = [SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True),
         SamplingParams(max_tokens=6, temperature=0.7, top_p=0.8, seed=11, ignore_eos=True),
         SamplingParams(max_tokens=8, temperature=1.0, seed=3, ignore_eos=True, logprobs=True)]
 BAD = SamplingParams(max_tokens=8, temperature=0.5, seed=POISON_SEED, ignore_eos=True)
-KW = dict(max_num_seqs=8, max_num_batched_tokens=128, max_model_len=256)
+# A fixed KV pool: the default is sized from the host's free memory, which other processes
+# on a shared machine can use up.
+KV = 64 << 20
+KW = dict(max_num_seqs=8, max_num_batched_tokens=128, max_model_len=256, kv_cache_memory_bytes=KV)
 
 
 def _run(eng, prompts, sps):
@@ -79,7 +82,7 @@ def test_device_fault_that_loses_the_kv_cache_aborts_the_running_and_recovers():
 
 def test_llm_after_a_rejected_or_failed_request_still_works():
     from llmserve import LLM
-    llm = LLM("tiny", max_model_len=128, max_num_batched_tokens=128)
+    llm = LLM("tiny", max_model_len=128, max_num_batched_tokens=128, kv_cache_memory_bytes=KV)
     sp = SamplingParams(max_tokens=3, temperature=0.0, ignore_eos=True)
     first = llm.generate(["hi"], sp)
     # The repro: top_k=2**40 overflowed int32 in the step and stayed in the engine.
@@ -95,7 +98,7 @@ def test_llm_after_a_rejected_or_failed_request_still_works():
 
 def test_llm_generate_from_four_threads():
     from llmserve import LLM
-    llm = LLM("tiny", max_model_len=128, max_num_batched_tokens=128)
+    llm = LLM("tiny", max_model_len=128, max_num_batched_tokens=128, kv_cache_memory_bytes=KV)
     jobs = [(_prompts(3, seed=s), GOOD[s % 4]) for s in range(4)]
     expected = [[o.token_ids for o in llm.generate(p, sp)] for p, sp in jobs]
     got, errors = [None] * 4, []

@@ -24,7 +24,8 @@ from llmserve.sampling_params import SamplingParams
 FUZZ = settings(max_examples=40, deadline=None, derandomize=True, database=None,
                 suppress_health_check=list(HealthCheck))
 TALLY: collections.Counter = collections.Counter()   # (endpoint, outcome): the RESULTS table
-ENGINE_KW = dict(max_num_seqs=8, max_model_len=64, max_num_batched_tokens=32)
+ENGINE_KW = dict(max_num_seqs=8, max_model_len=64, max_num_batched_tokens=32,
+                 kv_cache_memory_bytes=64 << 20)     # not sized from the host's free memory
 WELL_FORMED = [{"model": "tiny", "prompt": p, "max_tokens": 10, "ignore_eos": True,
                 "temperature": 0.9, "top_k": 50, "seed": 40 + i, "stream": True}
                for i, p in enumerate(["steady one", "steady two", "3"])]

@@ -30,7 +30,7 @@ async def _stream(client, url, body):
 
 
 def test_a_failing_step_over_http_fails_only_its_request():
-    engine = tiny_async_engine()
+    engine = tiny_async_engine(kv_cache_memory_bytes=64 << 20)   # not from free memory
     inner = engine.engine.runner
     engine.engine.runner = FaultyRunner(inner)
     srv = serve_in_thread(engine)
@@ -58,7 +58,8 @@ def test_a_failing_step_over_http_fails_only_its_request():
         # The oracle: the offline API on an engine that never saw the bad request.
         from engine_utils import engine as offline_engine
         from engine_utils import generate
-        eng = offline_engine(max_num_seqs=32, max_model_len=256, max_num_batched_tokens=256)
+        eng = offline_engine(max_num_seqs=32, max_model_len=256, max_num_batched_tokens=256,
+                             kv_cache_memory_bytes=64 << 20)
         tok = engine.tokenizer
         want = generate(eng, [tok.encode(p) for p in PROMPTS],
                         [SamplingParams(max_tokens=12, ignore_eos=True, temperature=0.8,
