@@ -3,9 +3,10 @@
 As vLLM does it: the pool is what a fraction of the device's memory leaves after what is
 already in use (the weights, loaded before this runs) and a reserve for one step's
 activations; `max_model_len` defaults to the model's own limit, capped by what that pool
-holds. On a CPU the pool is capped at `cpu_kv_cache_max_bytes` (4 GiB, vLLM-CPU's
-VLLM_CPU_KVCACHE_SPACE default): RAM is shared with everything else on the host, and zeroing
-tens of GB at start-up buys nothing a CPU engine can use.
+holds. On a CPU the fraction applies to the RAM available now, and the pool is capped at
+`cpu_kv_cache_max_bytes` (4 GiB, vLLM-CPU's VLLM_CPU_KVCACHE_SPACE default): RAM is shared
+with everything else on the host, and zeroing tens of GB at start-up buys nothing a CPU
+engine can use.
 """
 from __future__ import annotations
 
@@ -121,9 +122,20 @@ def kv_budget(*, kv_cache_memory_bytes: int, memory_utilization: float,
     if kv_cache_memory_bytes:
         return kv_cache_memory_bytes, "kv_cache_memory_bytes"
     total, used, kind = measure()
-    free = int(total * memory_utilization) - used - reserve_bytes
-    src = (f"memory_utilization {memory_utilization} of {total / GIB:.1f} GiB {kind} memory, "
-           f"{used / GIB:.1f} GiB in use, {reserve_bytes / GIB:.2f} GiB activation reserve")
+    if kind == "cpu":
+        # A host's RAM is shared with other processes whose use comes and goes: the fraction
+        # applies to what is available now, so a busy host shrinks the pool instead of
+        # refusing to start (vLLM-CPU takes a fixed KV space, the cap below).
+        free = int((total - used) * memory_utilization) - reserve_bytes
+        src = (f"memory_utilization {memory_utilization} of {(total - used) / GIB:.1f} GiB "
+               f"available host memory, {reserve_bytes / GIB:.2f} GiB activation reserve")
+    else:
+        # An accelerator's memory is this process's: the fraction is of all of it, less what
+        # is in use (the weights), as vLLM's gpu_memory_utilization.
+        free = int(total * memory_utilization) - used - reserve_bytes
+        src = (f"memory_utilization {memory_utilization} of {total / GIB:.1f} GiB {kind} "
+               f"memory, {used / GIB:.1f} GiB in use, {reserve_bytes / GIB:.2f} GiB "
+               "activation reserve")
     if kind == "cpu" and free > cpu_kv_cache_max_bytes:
         return cpu_kv_cache_max_bytes, src + ", capped at cpu_kv_cache_max_bytes"
     if free <= 0:

@@ -52,6 +52,11 @@ def test_cpu_budget_has_a_cap_and_an_explicit_budget_wins():
                                  cpu_kv_cache_max_bytes=4 * GIB, reserve_bytes=0,
                                  measure=lambda: (64 * GIB, GIB, "cpu"))
     assert b == 4 * GIB and "capped" in src
+    # a busy host shrinks the pool instead of refusing to start
+    b, _ = kv_sizing.kv_budget(kv_cache_memory_bytes=0, memory_utilization=0.9,
+                               cpu_kv_cache_max_bytes=4 * GIB, reserve_bytes=0,
+                               measure=lambda: (24 * GIB, 22 * GIB, "cpu"))
+    assert b == int(2 * GIB * 0.9)
     b, src = kv_sizing.kv_budget(kv_cache_memory_bytes=123, memory_utilization=0.9,
                                  cpu_kv_cache_max_bytes=4 * GIB, reserve_bytes=0,
                                  measure=lambda: (64 * GIB, GIB, "cpu"))
