@@ -104,19 +104,25 @@ def _draw(logits, temperature, top_k, top_p, keys, cap: int):
     use_p = top_p < 1.0
     filtered = (k > 0) | use_p
 
-    # Candidates: the cap largest, descending (lower token id first among equals).
-    vals, idx = jax.lax.top_k(scaled, cap)
-    probs = jnp.exp(vals - lse)
-    csum = jnp.cumsum(probs, axis=-1)
-    n_p = jnp.sum((csum - probs) < top_p[:, None], axis=-1)
-    k_in = (k > 0) & (k <= cap)
-    n_keep = jnp.minimum(jnp.where(k_in, k, cap), jnp.where(use_p, n_p, cap))
-    thr = jnp.take_along_axis(vals, (jnp.maximum(n_keep, 1) - 1)[:, None], axis=-1)
-    # Settled among the candidates: top-k within the cap, or the nucleus closes inside them
-    # (the candidates' mass reaches top_p), or the candidates are the whole vocabulary.
-    settled = k_in | (use_p & (csum[:, -1] >= top_p)) | (cap >= vocab)
-    cand_pick = _argmax(jnp.where(vals >= thr, vals + _gumbel(keys, idx), -jnp.inf))
-    cand_tok = jnp.take_along_axis(idx, cand_pick[:, None], axis=-1)[:, 0]
+    def candidates():
+        # The cap largest, descending (lower token id first among equals).
+        vals, idx = jax.lax.top_k(scaled, cap)
+        probs = jnp.exp(vals - lse)
+        csum = jnp.cumsum(probs, axis=-1)
+        n_p = jnp.sum((csum - probs) < top_p[:, None], axis=-1)
+        k_in = (k > 0) & (k <= cap)
+        n_keep = jnp.minimum(jnp.where(k_in, k, cap), jnp.where(use_p, n_p, cap))
+        thr = jnp.take_along_axis(vals, (jnp.maximum(n_keep, 1) - 1)[:, None], axis=-1)
+        # Settled among the candidates: top-k within the cap, or the nucleus closes inside
+        # them (the candidates' mass reaches top_p), or they are the whole vocabulary.
+        settled = k_in | (use_p & (csum[:, -1] >= top_p)) | (cap >= vocab)
+        pick = _argmax(jnp.where(vals >= thr, vals + _gumbel(keys, idx), -jnp.inf))
+        return jnp.take_along_axis(idx, pick[:, None], axis=-1)[:, 0], settled
+
+    # Only when a sampled row filters: plain temperature sampling needs no candidates.
+    cand_tok, settled = jax.lax.cond(
+        jnp.any(filtered & (temperature > 0)), candidates,
+        lambda: (jnp.zeros(s, jnp.int32), jnp.zeros(s, bool)))
 
     # Whole rows: plain temperature rows, and filtered rows the candidates did not settle.
     full_row = (temperature > 0) & ~(filtered & settled)
