@@ -210,7 +210,8 @@ class ReplicaServer:
                 "prefix_hit_tokens": st.num_cache_hit_tokens, "num_steps": st.num_steps,
                 "num_finished": st.num_finished, "num_aborted": st.num_aborted,
                 "num_compiles": getattr(getattr(self.engine.runner, "stats", None),
-                                        "num_compiles", 0)}
+                                        "num_compiles", 0),
+                "max_model_len": self.engine.config.max_model_len}
 
 
 # ---- driver side ------------------------------------------------------------------------------
@@ -307,6 +308,11 @@ class RayRouter:
         self._actor_cls = actor_cls
         self.actors = [actor_cls.remote(self.config, i) for i in range(self.num_replicas)]
         self.replica_stats = ray.get([a.ready.remote() for a in self.actors])
+        if not self.config.max_model_len:
+            # Each replica derived its limit from the model and its KV pool; the router
+            # admits what every replica takes, and replacements get that value outright.
+            self.config = self.config.replace(
+                max_model_len=min(s["max_model_len"] for s in self.replica_stats))
         n = self.num_replicas
         self.alive = [True] * n
         self.status = ["alive"] * n
@@ -710,7 +716,6 @@ class RayRouterClient:
             raise ValueError(f"max_waiting_requests must be >= 0, got {max_waiting_requests}")
         self.router = router
         self.model_name = model_name
-        self.max_model_len = router.config.max_model_len
         self.tokenizer = router.tokenizer
         self.max_waiting_requests = max_waiting_requests
         self.owns_router = owns_router
@@ -720,6 +725,11 @@ class RayRouterClient:
     @property
     def draining(self) -> bool:
         return self._draining
+
+    @property
+    def max_model_len(self) -> int:
+        # Known once the router has started: replicas derive it from their KV pools.
+        return self.router.config.max_model_len
 
     async def start(self) -> None:
         if self.owns_router:

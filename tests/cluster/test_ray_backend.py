@@ -332,3 +332,16 @@ def test_requests_wait_for_a_restarting_replica_and_fail_once_none_can_come_back
     assert r.status == ["dead", "dead"] and not r._parked
     assert sorted(got) == ["a", "c"] and all(isinstance(o, RuntimeError) for o in got.values())
     assert r.stats()["num_in_flight"] == 0 and r.num_failed == 2
+
+
+def test_replica_reports_the_max_model_len_it_derived():
+    # With max_model_len 0 (the default) each replica derives it from the model and its KV
+    # pool; the router admits against what the replicas report (it admitted nothing when it
+    # checked against the config's 0).
+    from llmserve.cluster.ray_backend import ReplicaServer
+    rs = ReplicaServer(EngineConfig(model="tiny", max_num_seqs=2, max_num_batched_tokens=128,
+                                    kv_cache_memory_bytes=64 << 20), 0)
+    try:
+        assert rs.ready()["max_model_len"] == rs.engine.config.max_model_len == 4096
+    finally:
+        rs.shutdown()
