@@ -1,9 +1,9 @@
 """scripts/sampler_bench.py: sample()'s jitted cost per step, the sort-based sampler against
 the current one, per vocabulary size, batch size and mix of sampling parameters.
 
-  python scripts/sampler_bench.py --config=configs/sampler_bench.py --workdir=/tmp/sampler_bench
+  python scripts/sampler_bench.py --config=configs/sampler_bench.py --workdir=results/sampler_bench
   python scripts/sampler_bench.py --config=configs/sampler_bench.py --config.vocabs=32000 \
-      --config.batches=16 --workdir=/tmp/sb       # quick look
+      --config.batches=16 --workdir=results/sb       # quick look
 """
 import ml_collections
 

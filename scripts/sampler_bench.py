@@ -1,7 +1,7 @@
 """sample()'s jitted cost per step: the sort-based sampler (kept below as the baseline) against
 llmserve.model.sampling.sample, per vocabulary, batch size and mix of sampling parameters.
 
-  python scripts/sampler_bench.py --config=configs/sampler_bench.py --workdir=/tmp/sampler_bench
+  python scripts/sampler_bench.py --config=configs/sampler_bench.py --workdir=results/sampler_bench
 
 Each cell times one jitted call on a [batch, vocab] float32 logits array already on the
 device (median of config.repeats after a warm call), with the static candidate cap the runner
@@ -30,7 +30,7 @@ from llmserve.model.sampling import candidate_cap, sample
 
 _CONFIG = config_flags.DEFINE_config_file("config", os.path.join(ROOT, "configs/sampler_bench.py"),
                                           "benchmark config")
-_WORKDIR = flags.DEFINE_string("workdir", "/tmp/sampler_bench", "where results JSON is written")
+_WORKDIR = flags.DEFINE_string("workdir", "results/sampler_bench", "where results JSON is written")
 
 KINDS = ("greedy", "temperature", "top_k", "top_p", "top_p_flat", "mixed")
 # (temperature, top_k, top_p) of each kind; mixed cycles through its list row by row.
