@@ -16,6 +16,10 @@ def tiny_model(seed=0):
 
 
 def engine(**kw):
+    # A fixed 256 MiB pool (2,730 tiny blocks): the default is sized from the host's free
+    # memory (up to 4 GiB), and a test process builds hundreds of engines.
+    if not kw.get("num_kv_blocks"):
+        kw.setdefault("kv_cache_memory_bytes", 256 << 20)
     return LLMEngine(EngineConfig(**kw), model=tiny_model())
 
 
