@@ -1,7 +1,7 @@
 """No absolute path of one machine in anything a user runs or reads: configs, scripts,
 notebooks, the README, the docs, the library's docstrings. Data is named by dataset
 (llmserve.data), outputs go to relative workdirs (results/, runs/). Recorded outputs of past
-runs (docs/results/*.json, pallas_kernels/gpu_runs/) are data, not instructions, and are left
+runs under pallas_kernels/gpu_runs/ are data, not instructions, and are left
 as they were written."""
 import os
 import re
@@ -13,7 +13,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # /content/ is Colab's own working directory, where the notebooks clone the repository.
 MACHINE_PATH = re.compile(r"(?<![\w.~])(/work/|/root/|/home/[A-Za-z_][\w-]*|/tmp/|/Users/"
                           r"|/mnt/|/scratch/|[A-Z]:\\\\Users)")
-SCANNED = re.compile(r"^(configs/.*\.py|scripts/.*|colab/.*\.ipynb|README\.md|docs/.*\.md|"
+SCANNED = re.compile(r"^(configs/.*\.py|scripts/.*|colab/.*\.ipynb|README\.md|docs/.*\.(md|json)|"
                      r"llmserve/.*\.py|pallas_kernels/.*\.(py|md)|Makefile|setup\.py)$")
 
 
